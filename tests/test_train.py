@@ -1,0 +1,270 @@
+"""The ensemble trainer: reproducibility, strategies, resume, divergence, bad input, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import train
+from data import ImageDataset, load_dataset
+
+FAST = dict(
+    model="resnet_tiny",
+    image_size=8,
+    epochs=2,
+    batch_size=16,
+    eval_batch_size=64,
+    checkpoint_every=1,
+    step_loop="python",
+)
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> ImageDataset:
+    """240 digits at 8x8 with two folds: big enough to learn something, fast to train."""
+    digits = load_dataset("digits", 8)
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(len(digits.labels), 240, replace=False))
+    test_a, test_b = np.arange(0, 120), np.arange(120, 240)
+    return ImageDataset(
+        name="digits",
+        images=digits.images[keep],
+        labels=digits.labels[keep],
+        class_names=digits.class_names,
+        folds=((test_b, test_a), (test_a, test_b)),
+    )
+
+
+def run(tmp_path, dataset, name="run", **overrides):
+    config = train.TrainConfig(
+        **{**FAST, "out_dir": str(tmp_path / name), "strategy": "loop", **overrides}
+    )
+    return train.train_ensemble(config, dataset=dataset, progress=False)
+
+
+def load_scores(run_dir, fold, group):
+    with np.load(os.path.join(run_dir, "scores", f"fold{fold}", f"{group}.npz")) as f:
+        return {key: f[key] for key in f.files}
+
+
+def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
+    first = run(tmp_path, small_digits, "a", optimizers={"dgrad": 2, "sgd": 1}, folds=(0,))
+    again = run(tmp_path, small_digits, "b", optimizers={"dgrad": 2, "sgd": 1}, folds=(0,))
+    scores = load_scores(first.run_dir, 0, "dgrad")
+    np.testing.assert_array_equal(scores["scores"], load_scores(again.run_dir, 0, "dgrad")["scores"])
+    # Two members of one group: different seeds, different predictions.
+    assert scores["member_seeds"][0] != scores["member_seeds"][1]
+    assert np.abs(scores["scores"][0] - scores["scores"][1]).max() > 1e-3
+    # The score file follows the format ensemble.py reads.
+    assert scores["scores"].shape == (2, 120, 10)
+    np.testing.assert_allclose(scores["scores"].sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(scores["labels"], small_digits.labels[:120])
+    np.testing.assert_array_equal(scores["test_indices"], np.arange(120))
+    assert list(scores["class_names"]) == list(small_digits.class_names)
+    assert str(scores["optimizer"]) == "dgrad" and int(scores["fold"]) == 0
+    assert str(scores["dataset"]) == "digits" and not scores["diverged"].any()
+    # The returned accuracies are those of the score files.
+    expected = (scores["scores"].argmax(-1) == scores["labels"]).mean(-1)
+    np.testing.assert_allclose(first.groups["dgrad"].member_accuracy, expected)
+    fused = (scores["scores"].sum(0).argmax(-1) == scores["labels"]).mean()
+    assert first.groups["dgrad"].fused_accuracy == pytest.approx(fused)
+
+
+def test_initial_parameters_differ_between_members(small_digits):
+    config = train.TrainConfig(**FAST, optimizers={"adam": 2})
+    programs = train.GroupPrograms(config, "adam", 10, "loop", None, ((0.5,) * 3, (0.5,) * 3))
+    keys = jnp.stack([jax.random.key(train.member_seed(0, "adam", m)) for m in range(2)])
+    kernel = jax.tree.leaves(programs.init(keys).params)[0]
+    assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_training_learns(tmp_path, small_digits):
+    result = run(tmp_path, small_digits, optimizers={"adam": 1}, epochs=4, folds=(0,))
+    assert result.groups["adam"].member_accuracy[0] > 0.4  # chance is 0.1
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(strategy="vmap"),
+        dict(strategy="sharded"),
+        dict(step_loop="scan", scan_unroll=2),
+    ],
+    ids=["vmap", "sharded-8-devices", "scan"],
+)
+def test_strategies_compute_the_same_scores(tmp_path, small_digits, other):
+    assert jax.device_count() == 8
+    common = dict(optimizers={"cos2": 3}, folds=(1,), epochs=1)
+    reference = run(tmp_path, small_digits, "loop", **common)
+    candidate = run(tmp_path, small_digits, "other", **common, **other)
+    assert candidate.strategy == other.get("strategy", "loop")
+    np.testing.assert_allclose(
+        load_scores(candidate.run_dir, 1, "cos2")["scores"],
+        load_scores(reference.run_dir, 1, "cos2")["scores"],
+        atol=2e-5,
+    )
+
+
+def test_resume_after_interruption_gives_the_same_scores(tmp_path, small_digits):
+    common = dict(optimizers={"diffgrad": 2}, folds=(0,), epochs=3)
+    uninterrupted = run(tmp_path, small_digits, "whole", **common)
+
+    class Killed(Exception):
+        pass
+
+    def kill_mid_epoch(group, fold, epoch, step):
+        if epoch == 1 and step == 3:
+            raise Killed
+
+    config = train.TrainConfig(
+        **{**FAST, **common, "out_dir": str(tmp_path / "resumed"), "strategy": "loop"}
+    )
+    with pytest.raises(Killed):
+        train.train_ensemble(config, dataset=small_digits, progress=False, on_step=kill_mid_epoch)
+    assert not os.path.exists(os.path.join(config.out_dir, "scores", "fold0", "diffgrad.npz"))
+    with pytest.raises(ValueError, match="--resume"):
+        train.train_ensemble(config, dataset=small_digits, progress=False)
+    steps = []
+    train.train_ensemble(
+        config,
+        dataset=small_digits,
+        progress=False,
+        resume=True,
+        on_step=lambda *where: steps.append(where),
+    )
+    # Only epochs 2 and 3 ran again (epoch 1 came from its checkpoint).
+    assert {epoch for _, _, epoch, _ in steps} == {1, 2}
+    np.testing.assert_array_equal(
+        load_scores(config.out_dir, 0, "diffgrad")["scores"],
+        load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
+    )
+    with open(os.path.join(config.out_dir, "logs", "fold0", "diffgrad.csv")) as f:
+        rows = f.read().splitlines()
+    assert len(rows) == 1 + 3 * 2  # header, then 3 epochs x 2 members, no duplicates
+
+
+def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
+    tmp_path, small_digits, monkeypatch, capsys
+):
+    common = dict(optimizers={"adam": 3}, folds=(0,), epochs=1)
+    healthy = run(tmp_path, small_digits, "healthy", **common)
+
+    original_init = train.GroupPrograms.__init__
+
+    def init_with_a_broken_member(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        clean_init = self.init
+
+        def poisoned(keys):
+            state = clean_init(keys)
+            params = jax.tree.map(lambda leaf: leaf.at[1].set(jnp.nan), state.params)
+            return state._replace(params=params)
+
+        self.init = poisoned
+
+    monkeypatch.setattr(train.GroupPrograms, "__init__", init_with_a_broken_member)
+    broken = run(tmp_path, small_digits, "broken", **common)
+    assert "adam member 1 diverged" in capsys.readouterr().err
+    assert broken.groups["adam"].diverged == [1]
+    scores = load_scores(broken.run_dir, 0, "adam")
+    np.testing.assert_array_equal(scores["diverged"], [False, True, False])
+    reference = load_scores(healthy.run_dir, 0, "adam")["scores"]
+    np.testing.assert_array_equal(scores["scores"][[0, 2]], reference[[0, 2]])
+    fused = (reference[[0, 2]].sum(0).argmax(-1) == scores["labels"]).mean()
+    assert broken.groups["adam"].fused_accuracy == pytest.approx(fused)
+    assert "[1]" in train.format_summary(broken)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(optimizers={"adamw": 2}), "unknown optimizer 'adamw'"),
+        (dict(optimizers={"sgd": 0}), "at least 1 member"),
+        (dict(batch_size=500), "batch_size 500 is larger than the smallest training split"),
+        (dict(data_dir="/nonexistent/tfds"), "data directory '/nonexistent/tfds'"),
+        (dict(strategy="pmap"), "strategy 'pmap'"),
+        (dict(folds=(7,)), "folds \\[7\\] do not exist"),
+    ],
+)
+def test_bad_configs_fail_before_training(tmp_path, small_digits, overrides, message):
+    config = train.TrainConfig(**{**FAST, "out_dir": str(tmp_path / "bad"), **overrides})
+    with pytest.raises(ValueError, match=message):
+        train.train_ensemble(config, dataset=small_digits, progress=False)
+    assert not os.path.exists(tmp_path / "bad" / "scores")
+
+
+def test_unwritable_output_directory(tmp_path, small_digits):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    config = train.TrainConfig(**{**FAST, "out_dir": str(blocker / "run")})
+    with pytest.raises(ValueError, match="not writable"):
+        train.train_ensemble(config, dataset=small_digits, progress=False)
+
+
+def test_optimizer_groups_parse():
+    assert train.parse_optimizer_groups("sgd:14, dgrad:7,cos1") == {
+        "sgd": 14,
+        "dgrad": 7,
+        "cos1": 1,
+    }
+    with pytest.raises(ValueError, match="unknown optimizer 'sgdm'"):
+        train.parse_optimizer_groups("sgdm:3")
+    with pytest.raises(ValueError, match="'x' for 'adam' is not an integer"):
+        train.parse_optimizer_groups("adam:x")
+
+
+def test_paper_preset_and_flags_override_it():
+    parser = train.build_parser()
+    config = train.config_from_args(parser.parse_args(["--preset", "paper", "--epochs", "3"]))
+    assert (config.model, config.image_size, config.batch_size) == ("resnet50", 224, 30)
+    assert config.epochs == 3 and config.learning_rate == 1e-3
+    assert config.optimizers == {
+        "sgd": 14,
+        "adam": 7,
+        "diffgrad": 7,
+        "dgrad": 14,
+        "cos1": 7,
+        "cos2": 7,
+    }
+    assert train.config_from_args(parser.parse_args([])) == train.TrainConfig()
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    for field in dataclasses.fields(train.TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text
+
+
+def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
+    out_dir = tmp_path / "cli"
+    code = train.main(
+        [
+            "--optimizers", "cos1:2",
+            "--model", "resnet_tiny",
+            "--image-size", "8",
+            "--epochs", "1",
+            "--folds", "0",
+            "--batch-size", "64",
+            "--out-dir", str(out_dir),
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "member strategy:" in printed and "| cos1 | 2 |" in printed
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["optimizers"] == {"cos1": 2} and config["dataset"] == "digits"
+    scores = load_scores(str(out_dir), 0, "cos1")
+    assert scores["scores"].shape == (2, 360, 10)
+    assert (out_dir / "logs" / "fold0" / "cos1.csv").exists()
+    assert any((out_dir / "checkpoints" / "fold0" / "cos1").iterdir())
+    assert train.main(["--out-dir", str(out_dir), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
