@@ -34,7 +34,6 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from models.pretrained import load_pretrained
 from tqdm.auto import tqdm
 
 import optax_dgrad
@@ -50,6 +49,7 @@ from data.augment import (
     resize_images,
 )
 from models import get_model
+from models.pretrained import load_pretrained
 
 OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "diffgrad", "dgrad", "cos1", "cos2")
 MEMBER_STRATEGIES = ("auto", "vmap", "loop", "sharded")
@@ -416,6 +416,27 @@ class GroupPrograms:
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
+# The settings a group's compiled programs depend on; runs that agree on them (a notebook
+# calling train_ensemble again, the folds of one run) reuse the compiled programs.
+_PROGRAM_FIELDS = (
+    "model", "image_size", "batch_size", "learning_rate", "b1", "b2", "eps", "momentum",
+    "weight_decay", "dtype", "augment", "scan_unroll", "eval_batch_size",
+)  # fmt: skip
+_PROGRAM_CACHE: dict[tuple, GroupPrograms] = {}
+
+
+def _group_programs(config: TrainConfig, group: str, num_classes: int, strategy: str,
+                    mesh: Mesh | None, normalization) -> GroupPrograms:
+    key = (tuple(getattr(config, f) for f in _PROGRAM_FIELDS), group, num_classes, strategy,
+           mesh, normalization)  # fmt: skip
+    if key not in _PROGRAM_CACHE:
+        if len(_PROGRAM_CACHE) >= 16:  # bound the compiled code kept alive
+            _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
+        _PROGRAM_CACHE[key] = GroupPrograms(config, group, num_classes, strategy, mesh,
+                                            normalization)  # fmt: skip
+    return _PROGRAM_CACHE[key]
+
+
 @partial(jax.jit, static_argnums=3)
 def _epoch_randomness(
     data_keys: jax.Array, epoch: jax.Array, num_train: jax.Array, size: int
@@ -618,56 +639,61 @@ def train_fold_group(
     if progress is not None:
         progress.update(start_epoch)
 
-    for epoch in range(start_epoch, config.epochs):
-        orders, augment_keys = _epoch_randomness(
-            data_keys, jnp.asarray(epoch), data.num_train, padded_train
-        )
-        metrics = jnp.zeros((slots, 3), jnp.float32)
-        if step_loop == "scan":
-            state, metrics = programs.train_epoch(steps)(state, metrics, orders, augment_keys, data)
-        else:
-            for step in range(steps):
-                state, metrics = programs.train_step(
-                    state, metrics, orders, step, augment_keys, data
+    # An interruption must not leave an asynchronous checkpoint save half-written behind
+    # a manager that a resumed run opens again.
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            orders, augment_keys = _epoch_randomness(
+                data_keys, jnp.asarray(epoch), data.num_train, padded_train
+            )
+            metrics = jnp.zeros((slots, 3), jnp.float32)
+            if step_loop == "scan":
+                run_epoch = programs.train_epoch(steps)
+                state, metrics = run_epoch(state, metrics, orders, augment_keys, data)
+            else:
+                for step in range(steps):
+                    state, metrics = programs.train_step(
+                        state, metrics, orders, step, augment_keys, data
+                    )
+                    if on_step is not None:
+                        on_step(group, fold, epoch, step)
+            loss_sum, correct, counted = _to_host(metrics).T
+            loss = loss_sum / counted
+            accuracy = correct / (counted * config.batch_size)
+            for m in np.flatnonzero(~np.isfinite(loss[:members]) & ~diverged[:members]):
+                tqdm.write(
+                    f"warning: {group} member {m} diverged in fold {fold}, epoch {epoch + 1} "
+                    f"(loss {loss[m]}); it is excluded from fusion",
+                    file=sys.stderr,
                 )
-                if on_step is not None:
-                    on_step(group, fold, epoch, step)
-        loss_sum, correct, counted = _to_host(metrics).T
-        loss = loss_sum / counted
-        accuracy = correct / (counted * config.batch_size)
-        for m in np.flatnonzero(~np.isfinite(loss[:members]) & ~diverged[:members]):
-            tqdm.write(
-                f"warning: {group} member {m} diverged in fold {fold}, epoch {epoch + 1} "
-                f"(loss {loss[m]}); it is excluded from fusion"
-            )
-        diverged |= ~np.isfinite(loss)
-        log_rows += [
-            dict(
-                epoch=epoch + 1,
-                member=m,
-                loss=float(loss[m]),
-                train_accuracy=float(accuracy[m]),
-                diverged=bool(diverged[m]),
-            )
-            for m in range(members)
-        ]
-        if jax.process_index() == 0:
-            _write_log(log_path, log_rows)
-        if config.checkpoint_every and (
-            (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
-        ):
-            checkpoints.save(
-                epoch + 1, args=ocp.args.StandardSave({"state": state, "diverged": diverged})
-            )
-        if progress is not None:
-            healthy = loss[:members][~diverged[:members]]
-            progress.set_postfix(loss=f"{healthy.mean():.4f}" if healthy.size else "nan")
-            progress.update(1)
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-    return predict_members(programs, state, dataset.images[test_indices])[:members], diverged[
-        :members
-    ]
+            diverged |= ~np.isfinite(loss)
+            log_rows += [
+                dict(
+                    epoch=epoch + 1,
+                    member=m,
+                    loss=float(loss[m]),
+                    train_accuracy=float(accuracy[m]),
+                    diverged=bool(diverged[m]),
+                )
+                for m in range(members)
+            ]
+            if jax.process_index() == 0:
+                _write_log(log_path, log_rows)
+            if config.checkpoint_every and (
+                (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+            ):
+                checkpoints.save(
+                    epoch + 1, args=ocp.args.StandardSave({"state": state, "diverged": diverged})
+                )
+            if progress is not None:
+                healthy = loss[:members][~diverged[:members]]
+                progress.set_postfix(loss=f"{healthy.mean():.4f}" if healthy.size else "nan")
+                progress.update(1)
+    finally:
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+    scores = predict_members(programs, state, dataset.images[test_indices])
+    return scores[:members], diverged[:members]
 
 
 def predict_members(programs: GroupPrograms, state: MemberState, images: np.ndarray) -> np.ndarray:
@@ -811,7 +837,7 @@ def train_ensemble(
     all_scores, all_labels = [], []
     for group, members in config.optimizers.items():
         started = time.perf_counter()
-        programs = GroupPrograms(
+        programs = _group_programs(
             config, group, len(dataset.class_names), strategy, mesh, normalization
         )
         seeds = [member_seed(config.seed, group, m) for m in range(members)]

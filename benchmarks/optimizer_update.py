@@ -1,0 +1,236 @@
+"""Jitted update time of each optimizer against optax.adam on a ResNet50-shaped tree.
+
+Not a test: a measurement. For each optimizer it checks two steps against a plain NumPy
+reference written from the formulas, then times the donated, jitted step
+``params, state -> apply_updates(params, update(grads, state))`` (median of several runs
+after warm-up), reports the state size, and the memory-bandwidth floor: the bytes the
+update must read and write (Adam 7 arrays per parameter; diffGrad and DGrad/Cos 9) over a
+measured read+write bandwidth. Prints a Markdown table and writes
+benchmarks/results/optimizer_update.json.
+
+    python benchmarks/optimizer_update.py [--repeats 15]
+
+(from the repository root, with the package installed, e.g. ``pip install -e .``, or with
+``PYTHONPATH=.``).
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_dgrad
+
+RESULTS_PATH = Path(__file__).parent / "results" / "optimizer_update.json"
+RESNET50_PARAMETERS = 25_557_032
+LEARNING_RATE = 1e-3
+B1, B2, EPS, PERIOD = 0.9, 0.999, 1e-8, 30
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of ResNet50 (1000 classes, Flax layout): HWIO conv kernels without
+    bias, BatchNorm scale and bias, dense kernel and bias."""
+    shapes = [(7, 7, 3, 64), (64,), (64,)]
+    in_features = 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        out_features = 4 * width
+        for block in range(blocks):
+            shapes += [(1, 1, in_features, width), (width,), (width,)]
+            shapes += [(3, 3, width, width), (width,), (width,)]
+            shapes += [(1, 1, width, out_features), (out_features,), (out_features,)]
+            if block == 0:
+                shapes += [(1, 1, in_features, out_features), (out_features,), (out_features,)]
+            in_features = out_features
+    shapes += [(2048, 1000), (1000,)]
+    return shapes
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def cyclic_decay(t):
+    return abs(np.cos(np.pi * t / PERIOD)) * np.exp(-0.01 * (np.mod(t, PERIOD) + 1))
+
+
+def reference_directions(name, grads_per_step):
+    """Plain NumPy (float64) directions u_t of DESIGN.md's formulas, one list per step."""
+    mu = [np.zeros_like(g) for g in grads_per_step[0]]
+    nu = [np.zeros_like(g) for g in grads_per_step[0]]
+    prev = [np.zeros_like(g) for g in grads_per_step[0]]
+    directions = []
+    for t, grads in enumerate(grads_per_step, start=1):
+        step_directions = []
+        r = cyclic_decay(t)
+        c, a = 2 - r, (9e-4 if abs(r) < 1e-6 else r)
+        for i, g in enumerate(grads):
+            mu[i] = B1 * mu[i] + (1 - B1) * g
+            nu[i] = B2 * nu[i] + (1 - B2) * g**2
+            adam = (mu[i] / (1 - B1**t)) / (np.sqrt(nu[i] / (1 - B2**t)) + EPS)
+            d = np.abs(g - nu[i])
+            d_hat = d / d.max() if d.size and d.max() > 0 else np.zeros_like(d)
+            friction = {
+                "adam": 1.0,
+                "diffgrad": sigmoid(np.abs(prev[i] - g)),
+                "dgrad": sigmoid(4 * d_hat),
+                "cos1": sigmoid(4 * c * d_hat),
+                "cos2": sigmoid(2 * c * d_hat) + sigmoid(4 * a) - 0.5,
+            }[name]
+            prev[i] = g
+            step_directions.append(friction * adam)
+        directions.append(step_directions)
+    return directions
+
+
+OPTIMIZERS = {
+    "adam": lambda: optax.adam(LEARNING_RATE, B1, B2, EPS),
+    "diffgrad": lambda: optax_dgrad.diffgrad(LEARNING_RATE, B1, B2, EPS),
+    "dgrad": lambda: optax_dgrad.dgrad(LEARNING_RATE, B1, B2, EPS),
+    "cos1": lambda: optax_dgrad.cos1(LEARNING_RATE, B1, B2, EPS, period=PERIOD),
+    "cos2": lambda: optax_dgrad.cos2(LEARNING_RATE, B1, B2, EPS, period=PERIOD),
+}
+#: Arrays of parameter size each update must read or write at least (see the docstring).
+ARRAYS_MOVED = {"adam": 7, "diffgrad": 9, "dgrad": 9, "cos1": 9, "cos2": 9}
+
+
+def make_step(optimizer):
+    def step(params, state, grads):
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def check_against_reference(name, shapes, rng):
+    """Two steps on the full tree against the NumPy reference; raises on a mismatch."""
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads_per_step = [
+        [rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(2)
+    ]
+    optimizer = OPTIMIZERS[name]()
+    step = make_step(optimizer)
+    jax_params = [jnp.asarray(p) for p in params]
+    state = optimizer.init(jax_params)
+    expected = reference_directions(
+        name, [[g.astype(np.float64) for g in grads] for grads in grads_per_step]
+    )
+    for grads, directions in zip(grads_per_step, expected, strict=True):
+        before = [np.asarray(p, np.float64) for p in jax_params]
+        jax_params, state = step(jax_params, state, [jnp.asarray(g) for g in grads])
+        for p_before, p_after, direction in zip(before, jax_params, directions, strict=True):
+            np.testing.assert_allclose(
+                np.asarray(p_after, np.float64) - p_before,
+                -LEARNING_RATE * direction,
+                rtol=0,
+                atol=1e-6,  # params ~ N(0, 1) in float32: rounding of p + update is ~6e-8
+                err_msg=f"{name} differs from the NumPy reference",
+            )
+
+
+def time_step(name, shapes, repeats):
+    key = jax.random.key(0)
+    keys = jax.random.split(key, len(shapes))
+    params = [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
+    grads = [0.01 * p for p in params]
+    optimizer = OPTIMIZERS[name]()
+    state = optimizer.init(params)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    step = make_step(optimizer)
+    compile_start = time.perf_counter()
+    params, state = jax.block_until_ready(step(params, state, grads))
+    compile_seconds = time.perf_counter() - compile_start
+    for _ in range(2):  # warm-up
+        params, state = jax.block_until_ready(step(params, state, grads))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        params, state = jax.block_until_ready(step(params, state, grads))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), state_bytes, compile_seconds
+
+
+def read_write_bandwidth(shapes, repeats):
+    """Bytes/s of XLA reading and writing the whole tree once (donated x -> 2x)."""
+    tree = [jnp.ones(s, jnp.float32) for s in shapes]
+    double = jax.jit(lambda t: jax.tree.map(lambda x: x * 2, t), donate_argnums=0)
+    for _ in range(3):
+        tree = jax.block_until_ready(double(tree))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tree = jax.block_until_ready(double(tree))
+        times.append(time.perf_counter() - start)
+    bytes_moved = 2 * sum(x.nbytes for x in tree)
+    return bytes_moved / float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per optimizer")
+    args = parser.parse_args()
+
+    shapes = resnet50_shapes()
+    n_params = sum(int(np.prod(s)) for s in shapes)
+    if n_params != RESNET50_PARAMETERS:
+        raise RuntimeError(f"ResNet50 tree has {n_params} parameters, expected 25,557,032")
+    bytes_per_array = 4 * n_params
+
+    rng = np.random.default_rng(0)
+    for name in OPTIMIZERS:
+        check_against_reference(name, shapes, rng)
+    print("all optimizers match the NumPy reference (2 steps, ResNet50 tree)")
+
+    bandwidth = read_write_bandwidth(shapes, args.repeats)
+    rows = []
+    for name in OPTIMIZERS:
+        seconds, state_bytes, compile_seconds = time_step(name, shapes, args.repeats)
+        floor = ARRAYS_MOVED[name] * bytes_per_array / bandwidth
+        rows.append({
+            "optimizer": name,
+            "median_ms": 1e3 * seconds,
+            "floor_ms": 1e3 * floor,
+            "state_mb": state_bytes / 1e6,
+            "compile_s": compile_seconds,
+        })
+    adam_ms = rows[0]["median_ms"]
+    for row in rows:
+        row["vs_adam"] = row["median_ms"] / adam_ms
+        row["floor_vs_adam"] = row["floor_ms"] / rows[0]["floor_ms"]
+
+    print(
+        f"\nResNet50-shaped tree: {n_params:,} float32 parameters in {len(shapes)} leaves; "
+        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"median of {args.repeats}; read+write bandwidth {bandwidth / 1e9:.1f} GB/s\n"
+    )
+    print("| optimizer | update (ms) | vs adam | floor (ms) | floor vs adam | state (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['optimizer']} | {row['median_ms']:.1f} | {row['vs_adam']:.2f}x | "
+            f"{row['floor_ms']:.1f} | {row['floor_vs_adam']:.2f}x | {row['state_mb']:.1f} |"
+        )
+
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps({
+        "parameters": n_params,
+        "leaves": len(shapes),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu": platform.processor() or platform.machine(),
+        "repeats": args.repeats,
+        "read_write_bandwidth_gb_s": bandwidth / 1e9,
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "rows": rows,
+    }, indent=2) + "\n")
+    print(f"\nwrote {RESULTS_PATH}")
+
+
+if __name__ == "__main__":
+    main()

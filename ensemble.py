@@ -1,0 +1,267 @@
+"""Sum-rule fusion of ensemble members, the paper's tables, uncertainty metrics and plots.
+
+Reads the score files that ``train.py`` writes (it never imports the trainer)::
+
+  RUN_DIR/config.json                        "optimizers" ({"sgd": 14, ...}), "folds", ...
+  RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz     scores [members, n_test, n_classes] (softmax),
+                                             labels, test_indices, class_names, member_seeds,
+                                             diverged [members], optimizer, fold, dataset
+
+and reproduces Nanni, Maguolo & Lumini (arXiv 2103.14689):
+
+- Table 1: per optimizer, the mean and standard deviation over its members of each member's
+  stand-alone accuracy, pooled over the folds the run trained.
+- Table 2: ensembles fused with the sum rule, ``argmax_c sum_m p_m(c | x)``, named in the
+  paper's notation (``"SGD(14) + DGrad(7) + Cos#1(7)"``) or a plain one (``sgd:14+dgrad:7``);
+  an ensemble takes the first ``k`` members of each group.
+
+Decisions (also in the README):
+
+- Runs of the same data set are merged; a group present in two runs of one data set is an
+  error. Different data sets become the columns of the tables.
+- A member the trainer marked as diverged in a fold is left out of every fusion in *that fold*
+  only (each fold trains its own networks); the results list each one left out. For Table 1 a
+  member that diverged in any fold has no pooled accuracy: it is counted and named apart from
+  the mean and standard deviation, which use the other members.
+- The paper's default Table 2 rows that a run cannot serve (a group missing or smaller than
+  asked) are shown as "n/a" with the reason; an ensemble given explicitly must be servable,
+  otherwise it is an error.
+- Standard deviations use ``ddof=1`` (MATLAB's ``std``, which the paper used).
+- The data set's name (a table column) is the one in the score files.
+
+The helpers live in the ``ensembling`` package, one concept per module (specs, score_files,
+fusion, metrics, tables, report, plots); this module is their public face and the CLI.
+
+Example::
+
+  python ensemble.py runs/hela runs/bg --out results/
+  python ensemble.py runs/hela --ensembles "SGD(14) + DGrad(7)" sgd:7 --fusion vote
+
+References:
+  Nanni, Maguolo & Lumini, "Exploiting Adam-like Optimization Algorithms to Improve the
+  Performance of Convolutional Neural Networks", arXiv 2103.14689, 2021.
+  Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017 (ECE).
+  Brier, "Verification of forecasts expressed in terms of probability", 1950.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ensembling.fusion import FUSION_RULES, FusedScores, fuse
+from ensembling.metrics import (
+    ECE_BINS,
+    ClassificationMetrics,
+    ReliabilityCurve,
+    brier_score,
+    classification_metrics,
+    expected_calibration_error,
+    pairwise_disagreement,
+    reliability_curve,
+)
+from ensembling.plots import (
+    cyclic_factors,
+    plot_accuracy_vs_size,
+    plot_cyclic_factors,
+    plot_reliability,
+)
+from ensembling.report import (
+    describe_runs,
+    ensemble_metrics_markdown,
+    member_metrics_markdown,
+    runs_markdown,
+    table1_markdown,
+    table2_markdown,
+    write_tables,
+)
+from ensembling.score_files import (
+    SCORE_FILE_KEYS,
+    DatasetScores,
+    FoldScores,
+    GroupScores,
+    ScoreFileError,
+    load_run,
+    load_runs,
+    merge_runs,
+    read_score_file,
+)
+from ensembling.specs import (
+    OPTIMIZERS,
+    PAPER_NAMES,
+    PAPER_TABLE2_ENSEMBLES,
+    EnsembleSpec,
+    EnsembleSpecError,
+    optimizer_group,
+    parse_ensemble_spec,
+)
+from ensembling.tables import (
+    EnsembleResult,
+    LeftOutMember,
+    MemberResult,
+    Table1Row,
+    Table2Entry,
+    accuracy_by_ensemble_size,
+    evaluate_ensemble,
+    member_results,
+    table1,
+    table2,
+)
+
+__all__ = [
+    "ECE_BINS",
+    "FUSION_RULES",
+    "OPTIMIZERS",
+    "PAPER_NAMES",
+    "PAPER_TABLE2_ENSEMBLES",
+    "SCORE_FILE_KEYS",
+    "ClassificationMetrics",
+    "DatasetScores",
+    "EnsembleResult",
+    "EnsembleSpec",
+    "EnsembleSpecError",
+    "FoldScores",
+    "FusedScores",
+    "GroupScores",
+    "LeftOutMember",
+    "MemberResult",
+    "ReliabilityCurve",
+    "ScoreFileError",
+    "Table1Row",
+    "Table2Entry",
+    "accuracy_by_ensemble_size",
+    "brier_score",
+    "build_parser",
+    "classification_metrics",
+    "cyclic_factors",
+    "describe_runs",
+    "ensemble_metrics_markdown",
+    "evaluate_ensemble",
+    "expected_calibration_error",
+    "fuse",
+    "load_run",
+    "load_runs",
+    "main",
+    "member_metrics_markdown",
+    "member_results",
+    "merge_runs",
+    "optimizer_group",
+    "pairwise_disagreement",
+    "parse_ensemble_spec",
+    "plot_accuracy_vs_size",
+    "plot_cyclic_factors",
+    "plot_reliability",
+    "read_score_file",
+    "reliability_curve",
+    "runs_markdown",
+    "table1",
+    "table1_markdown",
+    "table2",
+    "table2_markdown",
+    "write_tables",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser; ``--help`` explains every flag."""
+    parser = argparse.ArgumentParser(
+        prog="ensemble.py",
+        description=(
+            "Fuse the ensemble members of train.py runs and print the paper's Table 1 "
+            "(stand-alone accuracy per optimizer) and Table 2 (fused ensembles), with "
+            "accuracy, macro F1, NLL, ECE (15 bins), Brier score and diversity. Writes "
+            "members.csv, table1.csv, table2.csv, report.json, tables.md and plots to --out."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python ensemble.py runs/hela runs/bg runs/lar --out results\n"
+            "  python ensemble.py runs/hela --ensembles 'SGD(14) + DGrad(7)' dgrad:7+cos1:7\n"
+            "\nMembers marked diverged are left out of fusion in the folds where they "
+            "diverged;\nthe tables say which."
+        ),
+    )
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        type=Path,
+        help="train.py run directories (config.json + scores/). Runs of one data set are "
+        "merged (each optimizer group may come from one run only); each data set is a column.",
+    )
+    parser.add_argument(
+        "--ensembles",
+        nargs="+",
+        metavar="SPEC",
+        help="ensembles for Table 2, in the paper's notation ('SGD(14) + DGrad(7) + Cos#1(7)'; "
+        "quote it) or plain (sgd:14+dgrad:7+cos1:7), case-insensitive; each takes the first k "
+        "members of each group. Every run must be able to serve them. Default: the paper's 15 "
+        "rows, shown as n/a (with the reason) where a run lacks the members.",
+    )
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_RULES,
+        default="sum",
+        help="how member probabilities are fused: sum (the paper's sum rule, default), "
+        "mean_log (normalised geometric mean) or vote (majority vote, ties to the larger "
+        "summed probability).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory for the CSV/JSON/Markdown files and plots. Default: "
+        "RUN_DIR/ensemble for one RUN_DIR; required for several.",
+    )
+    parser.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the plots (accuracy_vs_size.png, reliability.png, cyclic_factors.png).",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None:
+        if len(args.run_dirs) > 1:
+            parser.error("--out is required when several RUN_DIRs are given")
+        args.out = args.run_dirs[0] / "ensemble"
+    try:
+        datasets = load_runs(args.run_dirs)
+        members = [result for data in datasets.values() for result in member_results(data)]
+        table1_rows = table1(members)
+        table2_entries = table2(datasets, args.ensembles, args.fusion)
+    except (ScoreFileError, EnsembleSpecError) as error:
+        parser.exit(1, f"ensemble.py: error: {error}\n")
+
+    markdown = "\n\n".join(
+        [
+            "## Runs",
+            runs_markdown(datasets),
+            "## Table 1: stand-alone accuracy (%), mean ± std over members",
+            table1_markdown(table1_rows),
+            "## Stand-alone metrics, mean over members (diverged members left out)",
+            member_metrics_markdown(members),
+            f"## Table 2: fused accuracy (%), {args.fusion} rule "
+            "(†n: n member-folds left out as diverged)",
+            table2_markdown(table2_entries),
+            "## Ensemble metrics",
+            ensemble_metrics_markdown(table2_entries),
+        ]
+    )
+    print(markdown)
+    written = write_tables(args.out, datasets, members, table1_rows, table2_entries, markdown)
+    if not args.no_plots:
+        written += [
+            plot_accuracy_vs_size(datasets, args.out / "accuracy_vs_size.png", args.fusion),
+            plot_reliability(datasets, args.out / "reliability.png", args.fusion),
+            plot_cyclic_factors(args.out / "cyclic_factors.png"),
+        ]
+    print("\nwrote " + ", ".join(str(path) for path in written), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

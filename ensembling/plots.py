@@ -1,0 +1,108 @@
+"""Plots: accuracy against ensemble size, reliability diagrams, the paper's Figure 1.
+
+matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, so importing
+this in a notebook changes nothing.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ensembling.metrics import ECE_BINS, reliability_curve
+from ensembling.score_files import DatasetScores
+from ensembling.specs import PAPER_NAMES, EnsembleSpec
+from ensembling.tables import accuracy_by_ensemble_size, evaluate_ensemble
+
+
+def _new_figure(n_panels: int, height: float = 3.2):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.6 * n_panels + 0.8, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, n_panels, squeeze=False)[0]
+
+
+def plot_accuracy_vs_size(
+    datasets: Mapping[str, DatasetScores], path: str | Path, rule: str = "sum"
+) -> Path:
+    """Fused accuracy of the first ``k`` members against ``k``, one line per optimizer."""
+    figure, axes = _new_figure(len(datasets))
+    for axis, data in zip(axes, datasets.values(), strict=True):
+        for optimizer in data.groups:
+            accuracies = accuracy_by_ensemble_size(data, optimizer, rule)
+            sizes = np.arange(1, len(accuracies) + 1)
+            axis.plot(sizes, 100 * accuracies, marker="o", ms=3, label=PAPER_NAMES[optimizer])
+        axis.set(title=data.dataset, xlabel="ensemble size k (first k members)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy % ({rule} rule)")
+    axes[-1].legend(fontsize="small")
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def plot_reliability(
+    datasets: Mapping[str, DatasetScores],
+    path: str | Path,
+    rule: str = "sum",
+    n_bins: int = ECE_BINS,
+) -> Path:
+    """Reliability diagram of each optimizer's whole group fused, one panel per data set.
+
+    Each point is a non-empty confidence bin: its accuracy against its mean confidence; the
+    diagonal is perfect calibration; the legend gives each ensemble's ECE.
+    """
+    figure, axes = _new_figure(len(datasets), height=3.6)
+    for axis, data in zip(axes, datasets.values(), strict=True):
+        axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
+        for optimizer, group in data.groups.items():
+            result = evaluate_ensemble(data, EnsembleSpec(((optimizer, group.n_members),)), rule)
+            curve = reliability_curve(
+                result.fused.probabilities, data.labels, n_bins, result.fused.predictions
+            )
+            filled = curve.count > 0
+            axis.plot(
+                curve.confidence[filled],
+                curve.accuracy[filled],
+                marker="o",
+                ms=3,
+                label=f"{result.spec.label} ECE {result.metrics.ece:.3f}",
+            )
+        axis.set(title=data.dataset, xlabel="confidence", xlim=(0, 1), ylim=(0, 1), aspect="equal")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    axes[0].set_ylabel(f"accuracy ({rule} rule, {n_bins} bins)")
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def cyclic_factors(n_steps: int = 60, period: int = 30) -> tuple[np.ndarray, ...]:
+    """The paper's Figure 1 data: steps ``t = 1 .. n_steps``, Cos#1's ``c_t``, Cos#2's ``a_t``.
+
+    Computed by ``optax_dgrad.cos1_coefficient`` and ``cos2_coefficient`` (imported here, so
+    the rest of this module needs no JAX).
+    """
+    import jax.numpy as jnp
+
+    from optax_dgrad import cos1_coefficient, cos2_coefficient
+
+    steps = jnp.arange(1, n_steps + 1)
+    return (
+        np.asarray(steps),
+        np.asarray(cos1_coefficient(steps, period=period)),
+        np.asarray(cos2_coefficient(steps, period=period)),
+    )
+
+
+def plot_cyclic_factors(path: str | Path, n_steps: int = 60, period: int = 30) -> Path:
+    """The paper's Figure 1: ``c_t`` and ``a_t`` over ``t = 1 .. n_steps``."""
+    steps, cos1_factor, cos2_factor = cyclic_factors(n_steps, period)
+    figure, (axis,) = _new_figure(1)
+    axis.plot(steps, cos1_factor, label="$c_t$ (Cos#1, eq. 15)")
+    axis.plot(steps, cos2_factor, label="$a_t$ (Cos#2, eq. 17)")
+    axis.set(xlabel="step t", title=f"cyclic factors, period {period}")
+    axis.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=2)
+    figure.savefig(path, dpi=90)
+    return Path(path)

@@ -1,0 +1,255 @@
+"""Text output: the tables as Markdown, and CSV/JSON files.
+
+Markdown shows accuracies in percent; CSV and JSON hold fractions at full precision, with
+missing values empty (CSV) or null (JSON).
+"""
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ensembling.metrics import ClassificationMetrics
+from ensembling.score_files import DatasetScores
+from ensembling.specs import OPTIMIZERS, PAPER_NAMES
+from ensembling.tables import MemberResult, Table1Row, Table2Entry
+
+
+def _percent(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe_runs(datasets: Mapping[str, DatasetScores]) -> list[dict]:
+    """Per data set: its runs, folds, test samples, groups' member counts, diverged members."""
+    descriptions = []
+    for data in datasets.values():
+        diverged = [
+            f"{optimizer}[{member}]@fold{data.folds[position]}"
+            for optimizer, group in data.groups.items()
+            for member, position in zip(*np.nonzero(group.diverged), strict=True)
+        ]
+        descriptions.append(
+            {
+                "dataset": data.dataset,
+                "run_dirs": [str(run_dir) for run_dir in data.run_dirs],
+                "folds": list(data.folds),
+                "test_samples": len(data.labels),
+                "classes": len(data.class_names),
+                "members": {name: group.n_members for name, group in data.groups.items()},
+                "diverged": diverged,
+            }
+        )
+    return descriptions
+
+
+def runs_markdown(datasets: Mapping[str, DatasetScores]) -> str:
+    """The runs behind the tables, with every diverged member-fold."""
+    body = [
+        [
+            run["dataset"],
+            ", ".join(run["run_dirs"]),
+            " ".join(map(str, run["folds"])),
+            str(run["test_samples"]),
+            " + ".join(f"{PAPER_NAMES[name]}({count})" for name, count in run["members"].items()),
+            ", ".join(run["diverged"]) or "none",
+        ]
+        for run in describe_runs(datasets)
+    ]
+    header = ["Data set", "Runs", "Folds", "Test samples", "Members", "Diverged"]
+    return _markdown(header, body)
+
+
+def table1_markdown(rows: Sequence[Table1Row]) -> str:
+    """Table 1 as Markdown: accuracy (%) mean ± std per optimizer (rows) and data set."""
+    datasets = list(dict.fromkeys(row.dataset for row in rows))
+    cells = {(row.optimizer, row.dataset): row for row in rows}
+    body = []
+    for optimizer in (o for o in OPTIMIZERS if any(k[0] == o for k in cells)):
+        line = [PAPER_NAMES[optimizer]]
+        for dataset in datasets:
+            row = cells.get((optimizer, dataset))
+            if row is None:
+                line.append("")
+                continue
+            cell = f"{_percent(row.accuracy_mean)} ± {_percent(row.accuracy_std)}"
+            if row.diverged_members:
+                noun = "member" if len(row.diverged_members) == 1 else "members"
+                cell += (
+                    f" ({len(row.diverged_members)}/{row.n_members} diverged: {noun} "
+                    f"{', '.join(map(str, row.diverged_members))})"
+                )
+            line.append(cell)
+        body.append(line)
+    return _markdown(["Optimizer", *datasets], body)
+
+
+def member_metrics_markdown(members: Sequence[MemberResult]) -> str:
+    """Stand-alone metrics per optimizer and data set: the mean over non-diverged members."""
+    by_group: dict[tuple[str, str], list[ClassificationMetrics]] = {}
+    for result in members:
+        metrics = by_group.setdefault((result.dataset, result.optimizer), [])
+        if result.metrics is not None:
+            metrics.append(result.metrics)
+    body = []
+    for (dataset, optimizer), metrics in by_group.items():
+        means = np.array(metrics).mean(axis=0) if metrics else np.full(5, math.nan)
+        accuracy, macro_f1, nll, ece, brier = means
+        body.append(
+            [
+                dataset,
+                PAPER_NAMES[optimizer],
+                f"{len(metrics)}",
+                _percent(accuracy),
+                _percent(macro_f1),
+                f"{nll:.4f}",
+                f"{ece:.4f}",
+                f"{brier:.4f}",
+            ]
+        )
+    header = ["Data set", "Optimizer", "Members", "Acc %", "Macro F1 %", "NLL", "ECE", "Brier"]
+    return _markdown(header, body)
+
+
+def table2_markdown(entries: Sequence[Table2Entry]) -> str:
+    """Table 2 as Markdown: fused accuracy (%) per ensemble (rows) and data set.
+
+    Cells marked ``†n`` had ``n`` member-folds left out as diverged; "n/a" cells are
+    explained below the table.
+    """
+    datasets = list(dict.fromkeys(entry.dataset for entry in entries))
+    specs = list(dict.fromkeys(entry.spec for entry in entries))
+    cells = {(entry.spec, entry.dataset): entry for entry in entries}
+    body, notes = [], []
+    for spec in specs:
+        line = [spec.label]
+        for dataset in datasets:
+            entry = cells[(spec, dataset)]
+            if entry.result is None:
+                line.append("n/a")
+                notes.append(f"- n/a: {entry.unavailable}")
+            else:
+                cell = _percent(entry.result.metrics.accuracy)
+                if entry.result.left_out:
+                    cell += f" †{len(entry.result.left_out)}"
+                line.append(cell)
+        body.append(line)
+    table = _markdown(["Ensemble", *datasets], body)
+    return "\n".join([table, "", *notes]) if notes else table
+
+
+def ensemble_metrics_markdown(entries: Sequence[Table2Entry]) -> str:
+    """All metrics of the available Table 2 entries, with the members left out."""
+    body = []
+    for entry in entries:
+        if entry.result is None:
+            continue
+        result = entry.result
+        metrics = result.metrics
+        body.append(
+            [
+                entry.dataset,
+                entry.spec.label,
+                _percent(metrics.accuracy),
+                _percent(metrics.macro_f1),
+                f"{metrics.nll:.4f}",
+                f"{metrics.ece:.4f}",
+                f"{metrics.brier:.4f}",
+                "–" if math.isnan(result.diversity) else f"{result.diversity:.4f}",
+                ", ".join(map(str, result.left_out)) or "none",
+            ]
+        )
+    header = ["Data set", "Ensemble", "Acc %", "Macro F1 %", "NLL", "ECE", "Brier", "Diversity"]
+    return _markdown([*header, "Left out (diverged)"], body)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def write_tables(
+    out_dir: str | Path,
+    datasets: Mapping[str, DatasetScores],
+    members: Sequence[MemberResult],
+    table1_rows: Sequence[Table1Row],
+    table2_entries: Sequence[Table2Entry],
+    markdown: str,
+) -> list[Path]:
+    """Writes ``members.csv``, ``table1.csv``, ``table2.csv``, ``report.json``, ``tables.md``.
+
+    CSV and JSON hold fractions (not percent) at full precision; missing values are empty
+    (CSV) or null (JSON). ``report.json`` also describes the runs (``describe_runs``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric_names = ClassificationMetrics._fields
+
+    member_rows = [
+        {
+            "dataset": m.dataset,
+            "optimizer": m.optimizer,
+            "member": m.member,
+            "diverged_folds": " ".join(map(str, m.diverged_folds)),
+            **{k: (getattr(m.metrics, k) if m.metrics else None) for k in metric_names},
+        }
+        for m in members
+    ]
+    table1_dicts = [
+        {
+            "dataset": r.dataset,
+            "optimizer": r.optimizer,
+            "members": r.n_members,
+            "diverged": len(r.diverged_members),
+            "diverged_members": " ".join(map(str, r.diverged_members)),
+            "accuracy_mean": _finite_or_none(r.accuracy_mean),
+            "accuracy_std": _finite_or_none(r.accuracy_std),
+        }
+        for r in table1_rows
+    ]
+    table2_dicts = []
+    for entry in table2_entries:
+        result = entry.result
+        table2_dicts.append(
+            {
+                "dataset": entry.dataset,
+                "ensemble": entry.spec.label,
+                "fusion": result.rule if result else None,
+                "members": entry.spec.size,
+                "left_out": len(result.left_out) if result else None,
+                "left_out_members": " ".join(map(str, result.left_out)) if result else None,
+                **{k: (getattr(result.metrics, k) if result else None) for k in metric_names},
+                "diversity": _finite_or_none(result.diversity) if result else None,
+                "unavailable": entry.unavailable,
+            }
+        )
+    paths = []
+    for name, rows in (
+        ("members.csv", member_rows),
+        ("table1.csv", table1_dicts),
+        ("table2.csv", table2_dicts),
+    ):
+        path = out_dir / name
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+        paths.append(path)
+    report = {
+        "runs": describe_runs(datasets),
+        "members": member_rows,
+        "table1": table1_dicts,
+        "table2": table2_dicts,
+    }
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    markdown_path = out_dir / "tables.md"
+    markdown_path.write_text(markdown + "\n")
+    return [*paths, json_path, markdown_path]

@@ -1,0 +1,251 @@
+"""Ensembles evaluated on data sets, and the paper's Table 1 and Table 2.
+
+- A member the trainer marked as diverged in a fold is left out of every fusion in that fold
+  only (each fold trains its own networks); results list each one left out.
+- Table 1: per optimizer, mean and standard deviation (``ddof=1``, as MATLAB's ``std``) over
+  its members of each member's stand-alone accuracy pooled over the folds. A member that
+  diverged in any fold has no pooled accuracy: it is counted and named apart.
+- Table 2: fused ensembles; a default row that a run cannot serve is "n/a" with the reason,
+  an ensemble given explicitly must be servable.
+
+References:
+  Nanni, Maguolo & Lumini, "Exploiting Adam-like Optimization Algorithms to Improve the
+  Performance of Convolutional Neural Networks", arXiv 2103.14689, 2021.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from ensembling.fusion import FusedScores, fuse
+from ensembling.metrics import ClassificationMetrics, classification_metrics, pairwise_disagreement
+from ensembling.score_files import DatasetScores
+from ensembling.specs import (
+    PAPER_NAMES,
+    PAPER_TABLE2_ENSEMBLES,
+    EnsembleSpec,
+    EnsembleSpecError,
+    parse_ensemble_spec,
+)
+
+
+class LeftOutMember(NamedTuple):
+    """A member left out of fusion in one fold because it diverged there."""
+
+    optimizer: str
+    member: int
+    fold: int
+
+    def __str__(self) -> str:
+        return f"{self.optimizer}[{self.member}]@fold{self.fold}"
+
+
+class EnsembleResult(NamedTuple):
+    """One ensemble on one data set.
+
+    Attributes:
+      dataset: the data set.
+      spec: the ensemble.
+      rule: the fusion rule.
+      metrics: the fused predictions' metrics, pooled over the folds.
+      diversity: ``pairwise_disagreement`` of the members.
+      left_out: members left out of fusion in a fold where they diverged.
+      fused: the fused probabilities and predictions (pooled sample order).
+    """
+
+    dataset: str
+    spec: EnsembleSpec
+    rule: str
+    metrics: ClassificationMetrics
+    diversity: float
+    left_out: tuple[LeftOutMember, ...]
+    fused: FusedScores
+
+
+def _check_servable(data: DatasetScores, spec: EnsembleSpec) -> None:
+    for optimizer, count in spec.terms:
+        group = data.groups.get(optimizer)
+        if group is None:
+            raise EnsembleSpecError(
+                f"{spec.label}: data set {data.dataset!r} (runs "
+                f"{', '.join(map(str, data.run_dirs))}) has no {PAPER_NAMES[optimizer]} "
+                f"({optimizer}) scores; it has {list(data.groups)}"
+            )
+        if count > group.n_members:
+            raise EnsembleSpecError(
+                f"{spec.label}: asks for {count} {PAPER_NAMES[optimizer]} members, but "
+                f"{group.run_dir} trained {group.n_members} on {data.dataset!r}"
+            )
+
+
+def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum") -> EnsembleResult:
+    """Fuses the first ``k`` members of each group of ``spec`` and scores the result.
+
+    Members that diverged in a fold are left out in that fold (and listed in the result).
+
+    Raises:
+      EnsembleSpecError: if a group is missing or has fewer members than asked for, or if
+        every member of the ensemble diverged in some fold.
+    """
+    _check_servable(data, spec)
+    member_scores, valid, left_out = [], [], []
+    for optimizer, count in spec.terms:
+        group = data.groups[optimizer]
+        member_scores.append(group.scores[:count])
+        valid.append(~group.diverged[:count][:, data.sample_fold_position])
+        for member, position in zip(*np.nonzero(group.diverged[:count]), strict=True):
+            left_out.append(LeftOutMember(optimizer, int(member), data.folds[position]))
+    member_scores = np.concatenate(member_scores)
+    valid = np.concatenate(valid)
+    for fold in data.folds:
+        if not valid[:, data.sample_fold == fold].any():
+            raise EnsembleSpecError(
+                f"{spec.label} on {data.dataset!r}: every member diverged in fold {fold}"
+            )
+    fused = fuse(member_scores, rule, valid)
+    member_predictions = np.where(valid[..., None], member_scores, 0.0).argmax(axis=-1)
+    return EnsembleResult(
+        dataset=data.dataset,
+        spec=spec,
+        rule=rule,
+        metrics=classification_metrics(fused.probabilities, data.labels, fused.predictions),
+        diversity=pairwise_disagreement(member_predictions, valid),
+        left_out=tuple(left_out),
+        fused=fused,
+    )
+
+
+class MemberResult(NamedTuple):
+    """One member's stand-alone metrics, pooled over the folds.
+
+    Attributes:
+      dataset: the data set.
+      optimizer: its group.
+      member: its index in the group.
+      diverged_folds: folds where it diverged; if any, ``metrics`` is None.
+      metrics: the stand-alone metrics, or None.
+    """
+
+    dataset: str
+    optimizer: str
+    member: int
+    diverged_folds: tuple[int, ...]
+    metrics: ClassificationMetrics | None
+
+
+def member_results(data: DatasetScores) -> list[MemberResult]:
+    """The stand-alone metrics of every member of every group, pooled over the folds."""
+    results = []
+    for optimizer, group in data.groups.items():
+        for member in range(group.n_members):
+            diverged_folds = tuple(
+                data.folds[position] for position in np.flatnonzero(group.diverged[member])
+            )
+            metrics = (
+                None
+                if diverged_folds
+                else classification_metrics(group.scores[member], data.labels)
+            )
+            results.append(MemberResult(data.dataset, optimizer, member, diverged_folds, metrics))
+    return results
+
+
+class Table1Row(NamedTuple):
+    """Table 1: an optimizer's stand-alone accuracy on one data set.
+
+    Attributes:
+      dataset: the data set.
+      optimizer: the group.
+      n_members: members trained.
+      diverged_members: members that diverged in some fold, left out of mean and std.
+      accuracy_mean: mean pooled accuracy of the other members (NaN if none).
+      accuracy_std: their standard deviation, ``ddof=1`` (NaN for fewer than two).
+    """
+
+    dataset: str
+    optimizer: str
+    n_members: int
+    diverged_members: tuple[int, ...]
+    accuracy_mean: float
+    accuracy_std: float
+
+
+def table1(members: Sequence[MemberResult]) -> list[Table1Row]:
+    """Aggregates ``member_results`` into the paper's Table 1, one row per (data set, group)."""
+    by_group: dict[tuple[str, str], list[MemberResult]] = {}
+    for result in members:
+        by_group.setdefault((result.dataset, result.optimizer), []).append(result)
+    rows = []
+    for (dataset, optimizer), results in by_group.items():
+        accuracies = np.array([r.metrics.accuracy for r in results if r.metrics is not None])
+        rows.append(
+            Table1Row(
+                dataset=dataset,
+                optimizer=optimizer,
+                n_members=len(results),
+                diverged_members=tuple(r.member for r in results if r.metrics is None),
+                accuracy_mean=float(accuracies.mean()) if accuracies.size else math.nan,
+                accuracy_std=float(accuracies.std(ddof=1)) if accuracies.size > 1 else math.nan,
+            )
+        )
+    return rows
+
+
+class Table2Entry(NamedTuple):
+    """Table 2: one ensemble on one data set; ``result`` is None when ``unavailable``."""
+
+    dataset: str
+    spec: EnsembleSpec
+    result: EnsembleResult | None
+    unavailable: str | None
+
+
+def table2(
+    datasets: Mapping[str, DatasetScores],
+    ensembles: Sequence[str | EnsembleSpec] | None = None,
+    rule: str = "sum",
+) -> list[Table2Entry]:
+    """The paper's Table 2: fused ensembles on every data set.
+
+    Args:
+      datasets: from ``load_runs``.
+      ensembles: specifications; default the paper's 15 rows, ``PAPER_TABLE2_ENSEMBLES``.
+      rule: the fusion rule.
+
+    Returns:
+      Entries ordered by ensemble, then data set. A default row that a data set cannot serve
+      is an entry with ``unavailable`` set to the reason.
+
+    Raises:
+      EnsembleSpecError: for an ensemble given explicitly that a data set cannot serve.
+    """
+    explicit = ensembles is not None
+    specs = [
+        spec if isinstance(spec, EnsembleSpec) else parse_ensemble_spec(spec)
+        for spec in (ensembles if explicit else PAPER_TABLE2_ENSEMBLES)
+    ]
+    entries = []
+    for spec in specs:
+        for data in datasets.values():
+            try:
+                entries.append(
+                    Table2Entry(data.dataset, spec, evaluate_ensemble(data, spec, rule), None)
+                )
+            except EnsembleSpecError as error:
+                if explicit:
+                    raise
+                entries.append(Table2Entry(data.dataset, spec, None, str(error)))
+    return entries
+
+
+def accuracy_by_ensemble_size(data: DatasetScores, optimizer: str, rule: str = "sum") -> np.ndarray:
+    """Fused accuracy of the first ``k`` members of a group, for ``k = 1 .. members``."""
+    count = data.groups[optimizer].n_members
+    return np.array(
+        [
+            evaluate_ensemble(data, EnsembleSpec(((optimizer, k),)), rule).metrics.accuracy
+            for k in range(1, count + 1)
+        ]
+    )

@@ -1,0 +1,496 @@
+"""Tests of optax_dgrad's optimizers against a NumPy reference written from DESIGN.md."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import optax_dgrad
+
+B1, B2, EPS = 0.9, 0.999, 1e-8
+FAMILY = ("dgrad", "cos1", "cos2")
+NAMES = ("diffgrad", *FAMILY)
+SHAPES = {"scalar": (), "vector": (5,), "conv": (3, 3, 2, 4)}
+
+
+# ---------------------------------------------------------------------------- reference
+
+
+def np_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def np_cyclic_decay(t, period):
+    return np.abs(np.cos(np.pi * t / period)) * np.exp(-0.01 * (np.mod(t, period) + 1))
+
+
+def reference_directions(name, grads_per_step, period=30, normalization="leaf"):
+    """u_t of every step, straight from DESIGN.md's formulas, in float64 NumPy.
+
+    grads_per_step: list over steps of dicts of arrays. Returns a list of dicts.
+    """
+    keys = list(grads_per_step[0])
+    mu = {k: np.zeros_like(grads_per_step[0][k], np.float64) for k in keys}
+    nu = {k: np.zeros_like(mu[k]) for k in keys}
+    prev = {k: np.zeros_like(mu[k]) for k in keys}
+    directions = []
+    for t, grads in enumerate(grads_per_step, start=1):
+        g = {k: np.asarray(grads[k], np.float64) for k in keys}
+        for k in keys:
+            mu[k] = B1 * mu[k] + (1 - B1) * g[k]
+            nu[k] = B2 * nu[k] + (1 - B2) * g[k] ** 2
+        diff = {k: np.abs(g[k] - nu[k]) for k in keys}
+        if normalization == "tree":
+            tree_max = max(float(d.max()) for d in diff.values() if d.size)
+            maxes = dict.fromkeys(keys, tree_max)
+        else:
+            maxes = {k: float(d.max()) if d.size else 0.0 for k, d in diff.items()}
+        r = np_cyclic_decay(t, period)
+        c = 2 - r
+        a = 9e-4 if abs(r) < 1e-6 else r
+        step = {}
+        for k in keys:
+            d_hat = diff[k] / maxes[k] if maxes[k] > 0 else np.zeros_like(diff[k])
+            if name == "diffgrad":
+                xi = np_sigmoid(np.abs(prev[k] - g[k]))
+            elif name == "dgrad":
+                xi = np_sigmoid(4 * d_hat)
+            elif name == "cos1":
+                xi = np_sigmoid(4 * c * d_hat)
+            else:
+                xi = np_sigmoid(2 * c * d_hat) + np_sigmoid(4 * a) - 0.5
+            m_hat = mu[k] / (1 - B1**t)
+            v_hat = nu[k] / (1 - B2**t)
+            step[k] = xi * m_hat / (np.sqrt(v_hat) + EPS)
+            prev[k] = g[k]
+        directions.append(step)
+    return directions
+
+
+def scale_by(name, **kwargs):
+    return getattr(optax_dgrad, f"scale_by_{name}")(**kwargs)
+
+
+def random_grads(n_steps, dtype, seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    scales = {k: 10.0 ** rng.uniform(-2, 1) for k in shapes}
+    return [
+        {k: (scales[k] * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
+        for _ in range(n_steps)
+    ]
+
+
+def run_scanned(transform, grads_per_step, params=None):
+    """All directions of a transform over the steps, under jit and lax.scan."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads_per_step)
+    init_params = grads_per_step[0] if params is None else params
+
+    @jax.jit
+    def run(stacked_grads):
+        def body(state, grads):
+            updates, state = transform.update(grads, state, params)
+            return state, updates
+
+        return jax.lax.scan(body, transform.init(init_params), stacked_grads)
+
+    final_state, stacked_updates = run(stacked)
+    n = len(grads_per_step)
+    updates = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked_updates) for i in range(n)]
+    return updates, final_state
+
+
+def assert_tree_close(actual, expected, rtol, atol, what=""):
+    for k in expected:
+        np.testing.assert_allclose(
+            np.asarray(actual[k], np.float64), expected[k], rtol=rtol, atol=atol,
+            err_msg=f"{what} leaf {k!r}",
+        )
+
+
+# ---------------------------------------------------------------------------- numerics
+
+
+# diffGrad has no max normalisation; the DGrad family is checked with both.
+NAME_AND_NORMALIZATION = [("diffgrad", "leaf")] + [
+    (name, normalization) for name in FAMILY for normalization in ("leaf", "tree")
+]
+
+
+@pytest.mark.parametrize(("name", "normalization"), NAME_AND_NORMALIZATION)
+def test_matches_numpy_reference_float32(name, normalization):
+    kwargs = {} if name == "diffgrad" else {"normalization": normalization}
+    grads = random_grads(62, np.float32)  # crosses t = 15, 30, 45 and 60 of the cycle
+    updates, state = run_scanned(scale_by(name, **kwargs), grads)
+    expected = reference_directions(name, grads, normalization=normalization)
+    assert int(state.count) == 62
+    for t, (actual, reference) in enumerate(zip(updates, expected, strict=True), start=1):
+        assert_tree_close(actual, reference, rtol=2e-5, atol=1e-6, what=f"{name} step {t}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_numpy_reference_float64(name):
+    with jax.enable_x64(True):
+        grads = random_grads(55, np.float64, seed=1)
+        updates, _ = run_scanned(scale_by(name), grads)
+        assert updates[0]["conv"].dtype == np.float64
+    expected = reference_directions(name, grads)
+    for t, (actual, reference) in enumerate(zip(updates, expected, strict=True), start=1):
+        assert_tree_close(actual, reference, rtol=1e-12, atol=1e-13, what=f"{name} step {t}")
+    assert jnp.zeros(1).dtype == jnp.float32  # x64 stayed scoped to this test
+
+
+def test_first_diffgrad_step_by_hand():
+    # g_0 = 0, so xi_1 = sigmoid(|g_1|); m_hat = g, v_hat = g**2, so u_1 = xi * g / (|g| + eps).
+    transform = optax_dgrad.scale_by_diffgrad()
+    grads = jnp.array([0.0, 3.0, -0.5])
+    updates, state = transform.update(grads, transform.init(grads))
+    expected = [0.0, 3 / (3 + 1e-8) / (1 + np.exp(-3.0)), -0.5 / (0.5 + 1e-8) / (1 + np.exp(-0.5))]
+    # 1 - b2 in float32 loses digits to cancellation: v_hat is off by ~1e-5, as in optax.adam.
+    np.testing.assert_allclose(updates, expected, rtol=1e-5)
+    np.testing.assert_array_equal(state.prev_grad, grads)
+
+
+def test_first_dgrad_and_cos_steps_by_hand():
+    grads = jnp.array([1.0, -2.0])
+    # v_1 = 0.001 g**2 = [0.001, 0.004]; D = [0.999, 2.004]; D_hat = [0.999 / 2.004, 1].
+    d_hat = np.array([0.999 / 2.004, 1.0])
+    adam = np.array([1 / (1 + 1e-8), -2 / (2 + 1e-8)])  # m_hat / (sqrt(v_hat) + eps)
+    r1 = abs(np.cos(np.pi / 30)) * np.exp(-0.02)  # t = 1: mod(1, 30) + 1 = 2
+    expected = {
+        "dgrad": np_sigmoid(4 * d_hat) * adam,
+        "cos1": np_sigmoid(4 * (2 - r1) * d_hat) * adam,
+        "cos2": (np_sigmoid(2 * (2 - r1) * d_hat) + np_sigmoid(4 * r1) - 0.5) * adam,
+    }
+    for name, value in expected.items():
+        transform = scale_by(name)
+        updates, _ = transform.update(grads, transform.init(grads))
+        # rtol 1e-5: the float32 rounding of 1 - b2, as in the diffGrad step above.
+        np.testing.assert_allclose(updates, value, rtol=1e-5, err_msg=name)
+
+
+def test_diffgrad_friction_changes_from_step_to_step():
+    # diffGrad's direction divided by Adam's is the friction sigmoid(|g_prev - g|).
+    diffgrad, adam = optax_dgrad.scale_by_diffgrad(), optax.scale_by_adam()
+    grads_per_step = [jnp.array([1.0, -1.0]), jnp.array([3.0, -1.0]), jnp.array([0.0, 2.0])]
+    diffgrad_state, adam_state = diffgrad.init(grads_per_step[0]), adam.init(grads_per_step[0])
+    previous = jnp.zeros(2)
+    frictions = []
+    for grads in grads_per_step:
+        diffgrad_updates, diffgrad_state = jax.jit(diffgrad.update)(grads, diffgrad_state)
+        adam_updates, adam_state = adam.update(grads, adam_state)
+        friction = np.asarray(diffgrad_updates / adam_updates)
+        np.testing.assert_allclose(friction, np_sigmoid(np.abs(previous - grads)), rtol=1e-6)
+        frictions.append(friction)
+        previous = grads
+    assert not np.allclose(frictions[1], frictions[2])
+    assert not np.allclose(frictions[1], 0.5)  # a stale prev_grad would give sigmoid(0)
+
+
+def test_cyclic_factors_match_the_formulas():
+    steps = np.arange(1, 61)
+    r = np_cyclic_decay(steps, 30)
+    decay = jax.jit(optax_dgrad.cyclic_decay)(jnp.asarray(steps))
+    np.testing.assert_allclose(decay, r, rtol=1e-5, atol=1e-6)  # cos near pi/2 in f32
+    np.testing.assert_allclose(optax_dgrad.cos1_coefficient(steps), 2 - r, rtol=1e-6)
+    a = optax_dgrad.cos2_coefficient(steps)
+    np.testing.assert_allclose(a, np.where(np.abs(r) < 1e-6, 9e-4, r), rtol=1e-5, atol=1e-6)
+    assert np.flatnonzero(np.isclose(np.asarray(a), 9e-4)).tolist() == [14, 44]  # t = 15, 45
+    assert float(optax_dgrad.cos1_coefficient(15)) == pytest.approx(2.0)  # raw r_15 = 0
+    assert optax_dgrad.cyclic_decay(jnp.ones((2, 3), jnp.int32), period=7).shape == (2, 3)
+    np.testing.assert_allclose(
+        optax_dgrad.cyclic_decay(10, period=4), np_cyclic_decay(10, 4), rtol=1e-6, atol=1e-7
+    )
+
+
+# ---------------------------------------------------------------------------- minimisation
+
+
+def parabola(x):
+    return jnp.sum((x - jnp.array([1.0, -2.0])) ** 2)
+
+
+def rosenbrock(x):
+    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("loss", "start", "optimum", "learning_rate", "steps", "tolerance"),
+    [
+        (parabola, [0.0, 0.0], [1.0, -2.0], 0.05, 2000, 1e-3),
+        (rosenbrock, [-1.0, 1.0], [1.0, 1.0], 0.01, 10000, 1e-2),
+    ],
+    ids=["parabola", "rosenbrock"],
+)
+def test_minimises(name, loss, start, optimum, learning_rate, steps, tolerance):
+    optimizer = getattr(optax_dgrad, name)(learning_rate=learning_rate)
+
+    @jax.jit
+    def minimise(x):
+        def body(carry, _):
+            x, state = carry
+            updates, state = optimizer.update(jax.grad(loss)(x), state, x)
+            return (optax.apply_updates(x, updates), state), None
+
+        (x, _), _ = jax.lax.scan(body, (x, optimizer.init(x)), length=steps)
+        return x
+
+    np.testing.assert_allclose(minimise(jnp.array(start)), optimum, atol=tolerance)
+
+
+# ---------------------------------------------------------------------------- composability
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alias_is_coupled_l2_then_scale_then_learning_rate(name):
+    grads = random_grads(5, np.float32, seed=2)
+    params = {k: np.full(s, 0.5, np.float32) for k, s in SHAPES.items()}
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1, weight_decay=0.01)
+    updates, _ = run_scanned(optimizer, grads, params=params)
+    coupled = [{k: g[k] + 0.01 * params[k] for k in g} for g in grads]
+    for actual, direction in zip(updates, reference_directions(name, coupled), strict=True):
+        assert_tree_close(actual, {k: -0.1 * d for k, d in direction.items()}, 2e-5, 1e-7)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_chain_with_clip_by_global_norm(name):
+    grads = random_grads(8, np.float32, seed=3)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), getattr(optax_dgrad, name)(0.1))
+    updates, _ = run_scanned(optimizer, grads)
+    clipped = []
+    for g in grads:
+        norm = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in g.values()))
+        clipped.append({k: x * min(1.0, 1.0 / norm) for k, x in g.items()})
+    for actual, direction in zip(updates, reference_directions(name, clipped), strict=True):
+        assert_tree_close(actual, {k: -0.1 * d for k, d in direction.items()}, 2e-5, 1e-7)
+
+
+@pytest.mark.parametrize("normalization", ["leaf", "tree"])
+def test_masked_leaves_pass_through(normalization):
+    grads = random_grads(6, np.float32, seed=4)
+    mask = {"scalar": False, "vector": True, "conv": True}
+    optimizer = optax.masked(optax_dgrad.dgrad(0.1, normalization=normalization), mask)
+    updates, _ = run_scanned(optimizer, grads)
+    masked_in = [{k: g[k] for k in ("vector", "conv")} for g in grads]
+    expected = reference_directions("dgrad", masked_in, normalization=normalization)
+    for actual, grads_t, direction in zip(updates, grads, expected, strict=True):
+        np.testing.assert_array_equal(actual["scalar"], grads_t["scalar"])
+        assert_tree_close(actual, {k: -0.1 * d for k, d in direction.items()}, 2e-5, 1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_leaves(name):
+    params = {"w": jnp.ones(3), "frozen": None}
+    transform = scale_by(name)
+    state = transform.init(params)
+    updates, _ = transform.update({"w": jnp.array([1.0, -2.0, 0.5]), "frozen": None}, state)
+    assert updates["frozen"] is None
+    expected = reference_directions(name, [{"w": np.array([1.0, -2.0, 0.5])}])[0]["w"]
+    np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_gives_the_same_numbers(name):
+    grads = random_grads(12, np.float32, seed=5)
+    params = {k: np.full(s, 0.25, np.float32) for k, s in SHAPES.items()}
+    kwargs = {"learning_rate": 0.05, "b1": 0.8, "weight_decay": 1e-3}
+    plain, _ = run_scanned(getattr(optax_dgrad, name)(**kwargs), grads, params)
+    injected_optimizer = optax.inject_hyperparams(getattr(optax_dgrad, name))(**kwargs)
+    injected, state = run_scanned(injected_optimizer, grads, params)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.05)
+    # Injected b1/b2 are float32 arrays, so 1 - b2 is rounded in float32 rather than in
+    # Python: ~1e-5 relative, as for optax.adam; anything structural would be far larger.
+    for a, b in zip(injected, plain, strict=True):
+        assert_tree_close(a, {k: np.asarray(v, np.float64) for k, v in b.items()}, 2e-5, 5e-8)
+
+
+def test_learning_rate_schedule():
+    schedule = optax.linear_schedule(0.1, 0.0, transition_steps=10)
+    grads = random_grads(10, np.float32, seed=6)
+    updates, _ = run_scanned(optax_dgrad.cos2(learning_rate=schedule), grads)
+    for t, (actual, direction) in enumerate(
+        zip(updates, reference_directions("cos2", grads), strict=True)
+    ):
+        lr = float(schedule(t))  # the schedule sees the count before this update
+        assert_tree_close(actual, {k: -lr * d for k, d in direction.items()}, 2e-5, 1e-8)
+
+
+def test_multi_steps_accumulates_then_updates():
+    grads = random_grads(6, np.float32, seed=7)
+    optimizer = optax.MultiSteps(optax_dgrad.dgrad(0.1), every_k_schedule=2)
+    state = optimizer.init(grads[0])
+    step = jax.jit(optimizer.update)
+    pairs = zip(grads[::2], grads[1::2], strict=True)
+    averaged = [{k: (a[k] + b[k]) / 2 for k in a} for a, b in pairs]
+    expected = reference_directions("dgrad", averaged)
+    for i, g in enumerate(grads):
+        updates, state = step(g, state)
+        if i % 2 == 0:
+            assert all(not np.any(u) for u in jax.tree.leaves(updates))
+        else:
+            direction = expected[i // 2]
+            assert_tree_close(updates, {k: -0.1 * d for k, d in direction.items()}, 2e-5, 1e-7)
+
+
+def test_apply_if_finite_skips_a_non_finite_step():
+    grads = random_grads(4, np.float32, seed=8)
+    bad = {k: np.full_like(v, np.nan) for k, v in grads[0].items()}
+    optimizer = optax.apply_if_finite(optax_dgrad.diffgrad(0.1), max_consecutive_errors=3)
+    updates, state = run_scanned(optimizer, [grads[0], bad, *grads[1:]])
+    assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 1
+    assert all(not np.any(u) for u in jax.tree.leaves(updates[1]))
+    expected = reference_directions("diffgrad", grads)
+    for actual, direction in zip([updates[0], *updates[2:]], expected, strict=True):
+        assert_tree_close(actual, {k: -0.1 * d for k, d in direction.items()}, 2e-5, 1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_params_keep_their_dtype(name):
+    params = {k: jnp.full(s, 0.5, jnp.bfloat16) for k, s in SHAPES.items()}
+    grads = jax.tree.map(lambda p: jnp.linspace(-1, 1, p.size).reshape(p.shape).astype(p.dtype),
+                         params)
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.01)
+    state = optimizer.init(params)
+    for _ in range(3):
+        updates, state = jax.jit(optimizer.update)(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    for leaf in jax.tree.leaves((updates, params, state)):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == jnp.bfloat16
+            assert bool(jnp.all(jnp.isfinite(leaf)))
+    expected = reference_directions(name, [jax.tree.map(np.asarray, grads)] * 3)[-1]
+    assert_tree_close(updates, {k: -0.01 * d for k, d in expected.items()}, 2e-2, 2e-4)
+
+
+def test_mu_dtype():
+    transform = optax_dgrad.scale_by_dgrad(mu_dtype=jnp.bfloat16)
+    grads = {"w": jnp.array([1.0, -2.0])}
+    updates, state = transform.update(grads, transform.init(grads))
+    assert state.mu["w"].dtype == jnp.bfloat16 and state.nu["w"].dtype == jnp.float32
+    assert updates["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_members_equals_one_by_one(name):
+    members = 3
+    grads = [random_grads(4, np.float32, seed=10 + m) for m in range(members)]
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1)
+
+    def run(member_grads):  # member_grads: list over steps of trees
+        state = optimizer.init(member_grads[0])
+        updates = []
+        for g in member_grads:
+            u, state = optimizer.update(g, state)
+            updates.append(u)
+        return updates
+
+    stacked = [jax.tree.map(lambda *xs: jnp.stack(xs), *[grads[m][t] for m in range(members)])
+               for t in range(4)]
+    vmapped = jax.jit(jax.vmap(run))(stacked)
+    for m in range(members):
+        one = run([jax.tree.map(jnp.asarray, g) for g in grads[m]])
+        for t in range(4):
+            for k in SHAPES:
+                np.testing.assert_allclose(vmapped[t][k][m], one[t][k], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharded_params_give_sharded_state(name):
+    assert len(jax.devices()) == 8, "tests/conftest.py should provide 8 CPU devices"
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    rng = np.random.default_rng(11)
+    host_params = {"w": rng.standard_normal((16, 3)).astype(np.float32),
+                   "b": rng.standard_normal(8).astype(np.float32)}
+    host_grads = jax.tree.map(lambda p: 0.1 * p + 0.05, host_params)
+    params = jax.device_put(host_params, sharding)
+    grads = jax.device_put(host_grads, sharding)
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1)
+    state = jax.jit(optimizer.init)(params)
+    updates, new_state = jax.jit(optimizer.update)(grads, state, params)
+    scale_state = new_state[0]
+    for field in ("mu", "nu") + (("prev_grad",) if name == "diffgrad" else ()):
+        for k, leaf in getattr(scale_state, field).items():
+            assert leaf.sharding.is_equivalent_to(sharding, host_params[k].ndim), (field, k)
+    for k in host_params:
+        assert updates[k].sharding.is_equivalent_to(sharding, host_params[k].ndim)
+    expected = reference_directions(name, [host_grads])[0]
+    assert_tree_close(updates, {k: -0.1 * d for k, d in expected.items()}, 2e-5, 1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_recompilation_between_steps(name):
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1)
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = {"w": jnp.ones(4), "b": jnp.zeros(())}
+    state = optimizer.init(params)
+    for i in range(5):
+        grads = jax.tree.map(lambda p, i=i: p * 0 + (i - 2.0), params)
+        params, state = step(params, state, grads)
+    assert step._cache_size() == 1
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize(("name", "normalization"), NAME_AND_NORMALIZATION)
+def test_zero_gradients_give_finite_updates(name, normalization):
+    kwargs = {} if name == "diffgrad" else {"normalization": normalization}
+    transform = scale_by(name, **kwargs)
+    zeros = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+    state = transform.init(zeros)
+    for _ in range(3):
+        updates, state = transform.update(zeros, state)
+        for leaf in jax.tree.leaves((updates, state)):
+            assert bool(jnp.all(jnp.isfinite(leaf)))
+        assert all(not np.any(u) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize(("name", "normalization"), NAME_AND_NORMALIZATION)
+def test_empty_and_zero_dimensional_leaves(name, normalization):
+    shapes = {"empty": (0,), "empty_matrix": (0, 3), "scalar": (), "vector": (4,)}
+    kwargs = {} if name == "diffgrad" else {"normalization": normalization}
+    grads = random_grads(4, np.float32, seed=12, shapes=shapes)
+    updates, _ = run_scanned(scale_by(name, **kwargs), grads)
+    expected = reference_directions(name, grads, normalization=normalization)
+    for actual, reference in zip(updates, expected, strict=True):
+        assert actual["empty"].shape == (0,) and actual["empty_matrix"].shape == (0, 3)
+        assert actual["scalar"].shape == ()
+        assert_tree_close(actual, reference, rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "message"),
+    [
+        (optax_dgrad.dgrad, {"learning_rate": -1e-3}, "learning_rate=-0.001"),
+        (optax_dgrad.diffgrad, {"eps": -1.0}, "eps=-1.0"),
+        (optax_dgrad.cos1, {"b1": 1.0}, "b1=1.0"),
+        (optax_dgrad.cos2, {"b2": -0.1}, "b2=-0.1"),
+        (optax_dgrad.scale_by_diffgrad, {"b2": 1.5}, "b2=1.5"),
+        (optax_dgrad.cos1, {"period": 0}, "period=0"),
+        (optax_dgrad.scale_by_cos2, {"period": 2.5}, "period=2.5"),
+        (optax_dgrad.dgrad, {"normalization": "layer"}, "normalization='layer'"),
+        (optax_dgrad.scale_by_dgrad, {"normalization": "tree "}, "normalization='tree '"),
+        (optax_dgrad.diffgrad, {"weight_decay": -0.5}, "weight_decay=-0.5"),
+        (optax_dgrad.cyclic_decay, {"step": 1, "period": -3}, "period=-3"),
+    ],
+)
+def test_invalid_hyperparameters_raise(factory, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        factory(**kwargs)
+
+
+def test_invalid_injected_hyperparameter_raises_at_init():
+    optimizer = optax.inject_hyperparams(optax_dgrad.dgrad)(learning_rate=0.1, b1=1.2)
+    with pytest.raises(ValueError, match="b1"):
+        optimizer.init(jnp.ones(2))
