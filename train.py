@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,11 +42,12 @@ from data import ImageDataset, iter_folds, load_dataset
 from data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    KERAS_IMAGENET_MEAN_BGR,
     NO_AUGMENTATION,
     PAPER_AUGMENTATION,
     AugmentConfig,
+    Normalization,
     augment_images,
-    normalize,
     resize_images,
 )
 from models import get_model
@@ -78,6 +80,8 @@ class TrainConfig:
       dataset: "digits" (embedded, offline), "hela", "bg", "lar", or "folder:PATH".
       data_dir: where the TFDS builds of hela/bg/lar live (None: TFDS's default).
       model: a name from ``models.MODEL_NAMES``.
+    stride_placement: "v1" (stride on a bottleneck's first 1x1 convolution: the paper's,
+      Keras' model) or "v1.5" (on the 3x3: torchvision's and timm's weights).
       image_size: side of the square model input, in pixels.
       optimizers: group name -> number of members, e.g. {"sgd": 14, "dgrad": 7}.
       epochs: passes over the training split per fold.
@@ -103,7 +107,8 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "resnet_tiny"
-    image_size: int = 16
+    stride_placement: str = "v1"
+    image_size: int = 8
     optimizers: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {
             "sgd": 3,
@@ -201,6 +206,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"step_loop {config.step_loop!r} is not one of {STEP_LOOPS}")
     if config.augment not in AUGMENTATIONS:
         raise ValueError(f"augment {config.augment!r} is not one of {tuple(AUGMENTATIONS)}")
+    if config.stride_placement not in ("v1", "v1.5"):
+        raise ValueError(f"stride_placement {config.stride_placement!r} is not 'v1' or 'v1.5'")
     if config.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {config.dtype!r} is not 'float32' or 'bfloat16'")
     if config.weights is not None and not os.path.isfile(config.weights):
@@ -297,17 +304,18 @@ class GroupPrograms:
         num_classes: int,
         strategy: str,
         mesh: Mesh | None,
-        normalization: tuple[Sequence[float], Sequence[float]],
+        normalization: Normalization,
     ):
         self.config = config
         self.model = get_model(
             config.model,
             num_classes,
+            stride_placement=config.stride_placement,
             dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
         )
         self.tx = make_optimizer(group, config)
         self.augmentation = AUGMENTATIONS[config.augment]
-        self.mean, self.std = normalization
+        self.normalization = normalization
         self.mesh = mesh
         inner = (
             AUTO_MEMBER_STRATEGY.get(jax.default_backend(), "loop")
@@ -381,7 +389,7 @@ class GroupPrograms:
             self.config.image_size,
             self.augmentation,
         )
-        images = normalize(images, self.mean, self.std).astype(self.model.dtype)
+        images = self.normalization.apply(images).astype(self.model.dtype)
 
         def loss_fn(params):
             logits, updated = self.model.apply(
@@ -407,7 +415,7 @@ class GroupPrograms:
         return MemberState(params, batch_stats, opt_state), metrics
 
     def _member_predict(self, state: MemberState, images: jax.Array) -> jax.Array:
-        images = normalize(resize_images(images, self.config.image_size), self.mean, self.std)
+        images = self.normalization.apply(resize_images(images, self.config.image_size))
         logits = self.model.apply(
             {"params": state.params, "batch_stats": state.batch_stats},
             images.astype(self.model.dtype),
@@ -419,14 +427,20 @@ class GroupPrograms:
 # The settings a group's compiled programs depend on; runs that agree on them (a notebook
 # calling train_ensemble again, the folds of one run) reuse the compiled programs.
 _PROGRAM_FIELDS = (
-    "model", "image_size", "batch_size", "learning_rate", "b1", "b2", "eps", "momentum",
-    "weight_decay", "dtype", "augment", "scan_unroll", "eval_batch_size",
+    "model", "stride_placement", "image_size", "batch_size", "learning_rate", "b1", "b2",
+    "eps", "momentum", "weight_decay", "dtype", "augment", "scan_unroll", "eval_batch_size",
 )  # fmt: skip
 _PROGRAM_CACHE: dict[tuple, GroupPrograms] = {}
 
 
-def _group_programs(config: TrainConfig, group: str, num_classes: int, strategy: str,
-                    mesh: Mesh | None, normalization) -> GroupPrograms:
+def _group_programs(
+    config: TrainConfig,
+    group: str,
+    num_classes: int,
+    strategy: str,
+    mesh: Mesh | None,
+    normalization,
+) -> GroupPrograms:
     key = (tuple(getattr(config, f) for f in _PROGRAM_FIELDS), group, num_classes, strategy,
            mesh, normalization)  # fmt: skip
     if key not in _PROGRAM_CACHE:
@@ -716,7 +730,9 @@ def _load_pretrained_members(state: MemberState, path: str, programs: GroupProgr
     for m in range(members):
         member = jax.tree.map(lambda leaf, m=m: np.asarray(leaf[m]), state)
         variables = load_pretrained(
-            path, {"params": member.params, "batch_stats": member.batch_stats}
+            path,
+            {"params": member.params, "batch_stats": member.batch_stats},
+            stride_placement=programs.model.stride_placement,
         )
         loaded.append(
             MemberState(
@@ -763,12 +779,17 @@ def _write_scores(
     os.replace(temporary, path)  # a kill never leaves a truncated score file behind
 
 
-def _normalization(config: TrainConfig, dataset: ImageDataset):
-    """ImageNet statistics with pretrained weights, else the data set's own channel stats."""
+def _normalization(config: TrainConfig, dataset: ImageDataset) -> Normalization:
+    """What the weights were trained with, else the data set's own channel statistics."""
+    if config.weights is not None and h5py.is_hdf5(config.weights):
+        # Keras' ImageNet ResNet50 ("caffe" preprocessing): BGR in [0, 255] minus the mean.
+        return Normalization(KERAS_IMAGENET_MEAN_BGR, (1 / 255,) * 3, reverse_channels=True)
     if config.weights is not None:
-        return IMAGENET_MEAN, IMAGENET_STD
+        return Normalization(IMAGENET_MEAN, IMAGENET_STD)
     pixels = dataset.images.reshape(-1, dataset.images.shape[-1]) / 255.0
-    return tuple(pixels.mean(0).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).tolist())
+    return Normalization(
+        tuple(pixels.mean(0).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).tolist())
+    )
 
 
 def train_ensemble(
@@ -894,6 +915,11 @@ def _sum_rule_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((scores.sum(0).argmax(-1) == labels).mean())
 
 
+def _sample_std(values: np.ndarray) -> float:
+    """Standard deviation with Bessel's correction, as MATLAB's std and ensemble.py report."""
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
 def format_summary(result: TrainResult) -> str:
     """A Markdown table of stand-alone and fused accuracies per group."""
     lines = [
@@ -904,7 +930,9 @@ def format_summary(result: TrainResult) -> str:
     for group, outcome in result.groups.items():
         healthy = np.delete(outcome.member_accuracy, outcome.diverged)
         stand_alone = (
-            f"{100 * healthy.mean():.2f} ± {100 * healthy.std():.2f}" if healthy.size else "n/a"
+            f"{100 * healthy.mean():.2f} ± {100 * _sample_std(healthy):.2f}"
+            if healthy.size
+            else "n/a"
         )
         lines.append(
             f"| {group} | {len(outcome.member_accuracy)} | {stand_alone} | "
@@ -940,6 +968,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", help=f"digits, hela, bg, lar or folder:PATH [{defaults.dataset}]")
     add("--data-dir", help="directory of the TFDS builds of hela/bg/lar [TFDS default]")
     add("--model", help=f"model name, see models.MODEL_NAMES [{defaults.model}]")
+    add(
+        "--stride-placement",
+        choices=("v1", "v1.5"),
+        help="where a down-sampling bottleneck strides: v1 (the paper's and Keras' ResNet50) "
+        f"or v1.5 (torchvision/timm weights) [{defaults.stride_placement}]",
+    )
     add("--image-size", type=int, help=f"model input side in pixels [{defaults.image_size}]")
     add(
         "--optimizers",

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 # expect inputs normalised with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keras' ImageNet ResNet50 ("caffe" preprocessing) expects BGR images in [0, 255] minus this
+# per-channel mean, given here in BGR order and scaled to [0, 1].
+KERAS_IMAGENET_MEAN_BGR = (103.939 / 255, 116.779 / 255, 123.68 / 255)
 
 
 class AugmentConfig(NamedTuple):
@@ -106,3 +109,22 @@ def augment_images(
 def normalize(images: jax.Array, mean, std) -> jax.Array:
     """Returns ``(images - mean) / std`` per channel, for float images in [0, 1]."""
     return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+
+
+class Normalization(NamedTuple):
+    """The input normalisation a model expects, applied to float RGB images in [0, 1].
+
+    Attributes:
+      mean: per-channel mean, subtracted after any channel reversal.
+      std: per-channel divisor.
+      reverse_channels: feed BGR instead of RGB (Keras' "caffe" ImageNet weights).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    reverse_channels: bool = False
+
+    def apply(self, images: jax.Array) -> jax.Array:
+        if self.reverse_channels:
+            images = images[..., ::-1]
+        return normalize(images, self.mean, self.std)

@@ -57,7 +57,9 @@ def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
     first = run(tmp_path, small_digits, "a", optimizers={"dgrad": 2, "sgd": 1}, folds=(0,))
     again = run(tmp_path, small_digits, "b", optimizers={"dgrad": 2, "sgd": 1}, folds=(0,))
     scores = load_scores(first.run_dir, 0, "dgrad")
-    np.testing.assert_array_equal(scores["scores"], load_scores(again.run_dir, 0, "dgrad")["scores"])
+    np.testing.assert_array_equal(
+        scores["scores"], load_scores(again.run_dir, 0, "dgrad")["scores"]
+    )
     # Two members of one group: different seeds, different predictions.
     assert scores["member_seeds"][0] != scores["member_seeds"][1]
     assert np.abs(scores["scores"][0] - scores["scores"][1]).max() > 1e-3
@@ -78,11 +80,15 @@ def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
 
 def test_initial_parameters_differ_between_members(small_digits):
     config = train.TrainConfig(**FAST, optimizers={"adam": 2})
-    programs = train.GroupPrograms(config, "adam", 10, "loop", None, ((0.5,) * 3, (0.5,) * 3))
+    normalization = train.Normalization((0.5,) * 3, (0.5,) * 3)
+    programs = train.GroupPrograms(config, "adam", 10, "loop", None, normalization)
     keys = jnp.stack([jax.random.key(train.member_seed(0, "adam", m)) for m in range(2)])
     params = programs.init(keys).params
-    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-               if "kernel" in jax.tree_util.keystr(path)]
+    kernels = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if "kernel" in jax.tree_util.keystr(path)
+    ]
     assert kernels and all(not np.allclose(k[0], k[1]) for k in kernels)
 
 
@@ -271,3 +277,34 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     assert any((out_dir / "checkpoints" / "fold0" / "cos1").iterdir())
     assert train.main(["--out-dir", str(out_dir), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_pretrained_weights_reach_every_member_but_heads_stay_their_own(tmp_path):
+    from models.pretrained import save_torchvision_safetensors
+
+    config = train.TrainConfig(**{**FAST, "optimizers": {"sgd": 2}, "stride_placement": "v1.5"})
+    programs = train.GroupPrograms(
+        config, "sgd", 10, "loop", None, train.Normalization((0.5,) * 3, (0.5,) * 3)
+    )
+    donor_keys = jnp.stack([jax.random.key(123)])
+    donor = jax.tree.map(lambda leaf: np.asarray(leaf[0]), programs.init(donor_keys))
+    weights = tmp_path / "donor.safetensors"
+    save_torchvision_safetensors(
+        {"params": donor.params, "batch_stats": donor.batch_stats}, str(weights)
+    )
+    keys = jnp.stack([jax.random.key(train.member_seed(0, "sgd", m)) for m in range(2)])
+    fresh = programs.init(keys)
+    loaded = train._load_pretrained_members(fresh, str(weights), programs)
+    for m in range(2):
+        for name in donor.params:
+            got = jax.tree.map(lambda leaf, m=m: np.asarray(leaf[m]), loaded.params[name])
+            want = fresh.params[name] if name == "head" else donor.params[name]
+            want = jax.tree.map(lambda leaf, m=m: np.asarray(leaf[m]), want) if name == "head" \
+                else want  # fmt: skip
+            jax.tree.map(np.testing.assert_array_equal, got, want)
+        jax.tree.map(
+            lambda leaf, want, m=m: np.testing.assert_array_equal(leaf[m], want),
+            loaded.batch_stats,
+            donor.batch_stats,
+        )
+    assert not np.allclose(loaded.params["head"]["kernel"][0], loaded.params["head"]["kernel"][1])
