@@ -485,6 +485,19 @@ def resolve_strategy(config: TrainConfig, members: int) -> tuple[str, str]:
     return strategy, step_loop
 
 
+def member_mesh(members: int) -> Mesh:
+    """The 1-D device mesh a group's members are split over.
+
+    In one process a group smaller than the device count uses one device per member, so no
+    device trains padding; across processes every device takes part, so that each process
+    holds its share of the members.
+    """
+    devices = jax.devices()
+    if jax.process_count() == 1:
+        devices = devices[:members]
+    return Mesh(np.array(devices), ("members",))
+
+
 def _replicated(array: np.ndarray, mesh: Mesh | None) -> jax.Array:
     """Puts a host array on every device (every process supplies the same array)."""
     if mesh is None:
@@ -842,10 +855,9 @@ def train_ensemble(
     run_dir = _prepare_run_dir(config, resume)
     largest_group = max(config.optimizers.values())
     strategy, step_loop = resolve_strategy(config, largest_group)
-    mesh = Mesh(np.array(jax.devices()), ("members",)) if strategy == "sharded" else None
     print(
         f"member strategy: {strategy}"
-        + (f" over {mesh.size} devices" if mesh else "")
+        + (f" over up to {jax.device_count()} devices" if strategy == "sharded" else "")
         + f", step loop: {step_loop} (backend {jax.default_backend()}; "
         f"requested {config.strategy}/{config.step_loop})"
     )
@@ -858,6 +870,7 @@ def train_ensemble(
     all_scores, all_labels = [], []
     for group, members in config.optimizers.items():
         started = time.perf_counter()
+        mesh = member_mesh(members) if strategy == "sharded" else None
         programs = _group_programs(
             config, group, len(dataset.class_names), strategy, mesh, normalization
         )
