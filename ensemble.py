@@ -106,6 +106,7 @@ from ensembling.tables import (
     member_results,
     table1,
     table2,
+    trained_group_ensembles,
 )
 
 __all__ = [
@@ -130,6 +131,7 @@ __all__ = [
     "Table1Row",
     "Table2Entry",
     "accuracy_by_ensemble_size",
+    "trained_group_ensembles",
     "brier_score",
     "build_parser",
     "classification_metrics",

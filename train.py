@@ -966,7 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ensembles of ResNets, one compiled program per optimizer group, and "
         "write each member's test-set softmax scores for ensemble.py. With no flags: a small "
         "ensemble of every optimizer on scikit-learn's digits (offline, a few CPU minutes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+
     )
     defaults = TrainConfig()
     add = parser.add_argument
@@ -976,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="start from a preset: 'paper' is the paper's protocol (ResNet50, 224x224, batch "
         "30, 20 epochs, lr 1e-3, SGD:14 Adam:7 diffGrad:7 DGrad:14 Cos#1:7 Cos#2:7, paper "
-        "augmentation, HeLa); flags given explicitly override the preset",
+        "augmentation, HeLa); flags given explicitly override the preset [default]",
     )
     add("--dataset", help=f"digits, hela, bg, lar or folder:PATH [{defaults.dataset}]")
     add("--data-dir", help="directory of the TFDS builds of hela/bg/lar [TFDS default]")

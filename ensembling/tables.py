@@ -211,7 +211,9 @@ def table2(
 
     Args:
       datasets: from ``load_runs``.
-      ensembles: specifications; default the paper's 15 rows, ``PAPER_TABLE2_ENSEMBLES``.
+      ensembles: specifications; default the paper's 15 rows, ``PAPER_TABLE2_ENSEMBLES``,
+        followed by :func:`trained_group_ensembles` (so a run smaller than the paper's, like
+        the offline default, still gets fused rows).
       rule: the fusion rule.
 
     Returns:
@@ -226,6 +228,9 @@ def table2(
         spec if isinstance(spec, EnsembleSpec) else parse_ensemble_spec(spec)
         for spec in (ensembles if explicit else PAPER_TABLE2_ENSEMBLES)
     ]
+    if not explicit:
+        labels = {spec.label for spec in specs}
+        specs += [s for s in trained_group_ensembles(datasets) if s.label not in labels]
     entries = []
     for spec in specs:
         for data in datasets.values():
@@ -238,6 +243,16 @@ def table2(
                     raise
                 entries.append(Table2Entry(data.dataset, spec, None, str(error)))
     return entries
+
+
+def trained_group_ensembles(datasets: Mapping[str, DatasetScores]) -> list[EnsembleSpec]:
+    """Every trained group with all its members, then all groups together, per data set."""
+    specs: dict[str, EnsembleSpec] = {}
+    for data in datasets.values():
+        terms = tuple((name, group.n_members) for name, group in data.groups.items())
+        for spec in [EnsembleSpec((term,)) for term in terms] + [EnsembleSpec(terms)]:
+            specs.setdefault(spec.label, spec)
+    return list(specs.values())
 
 
 def accuracy_by_ensemble_size(data: DatasetScores, optimizer: str, rule: str = "sum") -> np.ndarray:

@@ -733,3 +733,20 @@ def test_a_run_of_some_folds(tmp_path):
         ensemble.ScoreFileError, match=r"trained different folds: \[0, 1\] vs \[1\]"
     ):
         ensemble.load_runs([other, run])
+
+
+def test_default_table2_adds_the_trained_groups(tmp_path):
+    labels = np.tile([0, 1, 2], 4)
+    rng = np.random.default_rng(0)
+    groups = {name: rng.dirichlet(np.ones(3), size=(3, len(labels))) for name in ("adam", "dgrad")}
+    run = write_run(tmp_path / "run", "digits", groups, labels)
+    entries = {entry.spec.label: entry for entry in ensemble.table2(ensemble.load_runs([run]))}
+    expected_members = {
+        "Adam(3)": groups["adam"],
+        "DGrad(3)": groups["dgrad"],
+        "Adam(3) + DGrad(3)": np.concatenate([groups["adam"], groups["dgrad"]]),
+    }
+    for label, members in expected_members.items():
+        fused = (members.sum(0).argmax(-1) == labels).mean()
+        assert entries[label].result.metrics.accuracy == pytest.approx(fused), label
+    assert entries["Adam(7)"].result is None  # the paper's rows come first, n/a here

@@ -1,0 +1,162 @@
+"""Two processes on localhost with jax.distributed train the same members as one process.
+
+``python train.py --distributed --strategy sharded`` is started twice, as process 0 and 1 of a
+``jax.distributed`` run over the loopback interface (CPU collectives through gloo), each with
+two simulated CPU devices, so the group's four members are split over four devices in two
+processes. Their scores, CSV log and orbax checkpoint must match a single-process run of the
+same configuration with the ``loop`` strategy, which shares nothing with the sharded path.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import train
+
+TRAIN_SCRIPT = os.path.abspath(train.__file__)
+PROCESSES = 2
+DEVICES_PER_PROCESS = 2
+RUN_TIMEOUT_S = 240  # each process; a hung collective must fail the test, not stall it
+RUN_ARGS = [
+    "--optimizers", "dgrad:4",
+    "--model", "resnet_tiny",
+    "--image-size", "8",
+    "--epochs", "1",
+    "--folds", "0",
+    "--batch-size", "64",
+    "--checkpoint-every", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_two_process_run(out_dir: str, log_dir: str) -> list[str]:
+    """Runs the trainer as a 2-process jax.distributed job and returns each process's output."""
+    port = free_loopback_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # gRPC would send the coordinator's loopback traffic through a proxy.
+        if "proxy" not in key.lower()
+    }
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        JAX_PLATFORMS="cpu",
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(PROCESSES),
+    )
+    command = [sys.executable, TRAIN_SCRIPT, "--distributed", "--strategy", "sharded",
+               *RUN_ARGS, "--out-dir", out_dir]  # fmt: skip
+    processes, outputs = [], []
+    try:
+        for process_id in range(PROCESSES):
+            # Output goes to files: a full pipe would block one process and, through the
+            # collectives, the other.
+            output = open(os.path.join(log_dir, f"process{process_id}.log"), "w+")
+            outputs.append(output)
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=os.path.dirname(TRAIN_SCRIPT),
+                    env={**env, "JAX_PROCESS_ID": str(process_id)},
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        codes = [process.wait(timeout=RUN_TIMEOUT_S) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        texts = []
+        for output in outputs:
+            output.seek(0)
+            texts.append(output.read())
+            output.close()
+    for process_id, (code, text) in enumerate(zip(codes, texts, strict=True)):
+        assert code == 0, f"process {process_id} exited with {code}:\n{text[-3000:]}"
+    return texts
+
+
+def restore_checkpoint(run_dir: str, step: int) -> dict:
+    """A checkpoint of the trainer's fold-0 dgrad group as NumPy arrays, on any topology."""
+    path = os.path.join(run_dir, "checkpoints", "fold0", "dgrad", str(step), "default")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, restore_args=as_numpy)
+
+
+def read_log(run_dir: str) -> list[dict[str, str]]:
+    with open(os.path.join(run_dir, "logs", "fold0", "dgrad.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, str]:
+    """The run directories of the 2-process sharded run and of the 1-process loop run."""
+    root = tmp_path_factory.mktemp("distributed")
+    two = str(root / "two_processes")
+    outputs = launch_two_process_run(two, str(root))
+    one = str(root / "one_process")
+    config = train.config_from_args(
+        train.build_parser().parse_args([*RUN_ARGS, "--strategy", "loop", "--out-dir", one])
+    )
+    train.train_ensemble(config, progress=False)
+    return {"two": two, "one": one, "output0": outputs[0], "output1": outputs[1]}
+
+
+def test_two_processes_each_hold_two_of_four_devices(runs):
+    assert "member strategy: sharded" in runs["output0"]
+    # Only process 0 reports; the other computes its members silently.
+    assert "| dgrad | 4 |" in runs["output0"]
+    assert "| dgrad |" not in runs["output1"]
+
+
+def test_two_processes_give_the_same_scores_as_one(runs):
+    with np.load(os.path.join(runs["two"], "scores", "fold0", "dgrad.npz")) as f:
+        two = {key: f[key] for key in f.files}
+    with np.load(os.path.join(runs["one"], "scores", "fold0", "dgrad.npz")) as f:
+        one = {key: f[key] for key in f.files}
+    assert two.keys() == one.keys()
+    assert two["scores"].shape == one["scores"].shape == (4, len(one["labels"]), 10)
+    np.testing.assert_allclose(two["scores"], one["scores"], rtol=0, atol=2e-5)
+    for key in one.keys() - {"scores"}:
+        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    # The members are really different networks, so equal scores are not a coincidence.
+    assert np.abs(one["scores"][0] - one["scores"][1]).max() > 1e-3
+
+
+def test_two_processes_log_the_same_losses_as_one(runs):
+    two, one = read_log(runs["two"]), read_log(runs["one"])
+    assert [row["member"] for row in two] == ["0", "1", "2", "3"]
+    assert [row["member"] for row in one] == ["0", "1", "2", "3"]
+    np.testing.assert_allclose(
+        [float(row["loss"]) for row in two], [float(row["loss"]) for row in one], atol=2e-5
+    )
+
+
+def test_the_checkpoint_written_by_both_processes_holds_every_member(runs):
+    two, one = restore_checkpoint(runs["two"], 1), restore_checkpoint(runs["one"], 1)
+    assert jax.tree.structure(two) == jax.tree.structure(one)
+    leaves_two, leaves_one = jax.tree.leaves(two), jax.tree.leaves(one)
+    assert len(leaves_one) > 10
+    for leaf_two, leaf_one in zip(leaves_two, leaves_one, strict=True):
+        assert leaf_two.shape == leaf_one.shape and leaf_one.shape[0] == 4
+        np.testing.assert_allclose(leaf_two, leaf_one, rtol=0, atol=2e-5)
