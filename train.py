@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -508,8 +509,6 @@ def _replicated(array: np.ndarray, mesh: Mesh | None) -> jax.Array:
 
 def _to_host(array: jax.Array) -> np.ndarray:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(array, tiled=True))
     return np.asarray(array)
 
@@ -558,7 +557,7 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> str:
     config_path = os.path.join(run_dir, "config.json")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write_test")
+        probe = os.path.join(run_dir, f".write_test.{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -579,10 +578,18 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> str:
                 f"cannot resume {run_dir!r}: its config.json differs in {differing} (saved "
                 f"{[saved.get(k) for k in differing]}, now {[current[k] for k in differing]})"
             )
-    elif jax.process_index() == 0:
+    # Every process checks the directory before process 0 writes config.json into it.
+    _sync_processes("run directory checked")
+    if not os.path.exists(config_path) and jax.process_index() == 0:
         with open(config_path, "w") as f:
             json.dump(_config_json(config), f, indent=2)
     return run_dir
+
+
+def _sync_processes(name: str) -> None:
+    """Waits until every process of a ``jax.distributed`` run has got here (no-op alone)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _read_log(path: str, last_epoch: int) -> list[dict[str, str]]:
@@ -1056,7 +1063,35 @@ def build_parser() -> argparse.ArgumentParser:
         "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID environment variables "
         "or the cluster's auto-detection)",
     )
+    add(
+        "--coordinator-address",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="with --distributed: host:port of process 0 [$JAX_COORDINATOR_ADDRESS]",
+    )
+    add(
+        "--num-processes",
+        type=int,
+        default=_env_int("JAX_NUM_PROCESSES"),
+        help="with --distributed: number of processes [$JAX_NUM_PROCESSES]",
+    )
+    add(
+        "--process-id",
+        type=int,
+        default=_env_int("JAX_PROCESS_ID"),
+        help="with --distributed: this process's index, 0-based [$JAX_PROCESS_ID]",
+    )
     return parser
+
+
+def _env_int(name: str) -> int | None:
+    """An integer environment variable, or None when it is not set."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -1075,11 +1110,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Cross-process collectives on CPU need gloo; the setting is ignored by GPU and TPU, and
         # it must be made before initialize(), which must come before any backend is started.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     try:
         config = config_from_args(args)
-        if args.overwrite and os.path.exists(os.path.join(config.out_dir, "config.json")):
+        if (
+            args.overwrite
+            and jax.process_index() == 0
+            and os.path.exists(os.path.join(config.out_dir, "config.json"))
+        ):
             shutil.rmtree(config.out_dir)
+        _sync_processes("old run removed")
         result = train_ensemble(config, resume=args.resume, progress=not args.no_progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -65,9 +65,30 @@ def _is_none(leaf) -> bool:
     return leaf is None
 
 
-def _leaf_max(difference: jax.Array) -> jax.Array:
-    # D >= 0, so starting the max at 0 changes nothing except that an empty leaf gives 0.
-    return jnp.max(difference, initial=0)
+def _max_of_abs_difference(accumulated, element):
+    # Reducer of _leaf_max_abs_difference. A pair (a, b) stands for |a - b|; partial maxima
+    # m are carried as (m, 0), and |m - 0| = m exactly since m >= 0 (NaN stays NaN). So the
+    # reducer is max over the pairs' |a - b| whatever order XLA combines them in.
+    (a1, b1), (a2, b2) = accumulated, element
+    return jnp.maximum(jnp.abs(a1 - b1), jnp.abs(a2 - b2)), jnp.zeros_like(b1)
+
+
+def _leaf_max_abs_difference(g: jax.Array, v: jax.Array) -> jax.Array:
+    """max |g - v| over the leaf, 0 for an empty leaf, without materialising |g - v|.
+
+    ``jnp.max(jnp.abs(g - v))`` is the same number, but XLA:CPU does not fuse the
+    elementwise difference into a reduction: it writes |g - v| of every leaf to scratch
+    memory (102 MB per call on ResNet50, freshly page-faulted) and reads it back, which made
+    the update 2.7x slower than Adam's. A two-operand reduction reads g and v directly.
+    """
+    dtype = jnp.result_type(g, v)
+    zero = jnp.zeros([], dtype)
+    a, b = jax.lax.reduce(
+        (g.astype(dtype), v.astype(dtype)), (zero, zero), _max_of_abs_difference,
+        tuple(range(g.ndim)),
+    )
+    # (a, b) is (max, 0), except for a 0-d leaf: reducing over no axis returns (g, v).
+    return jnp.abs(a - b)
 
 
 def scale_by_normalized_difference(
@@ -111,22 +132,24 @@ def scale_by_normalized_difference(
         count = optax.safe_increment(state.count)
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        difference = jax.tree.map(
-            lambda g, v: None if g is None else jnp.abs(g - v), updates, nu, is_leaf=_is_none
+        # D_t = |g - v_t| is recomputed where it is used instead of stored: see
+        # _leaf_max_abs_difference.
+        max_difference = jax.tree.map(
+            lambda g, v: None if g is None else _leaf_max_abs_difference(g, v),
+            updates, nu, is_leaf=_is_none,
         )
         if normalization == "tree":
-            # optax.tree.max skips empty leaves and starts at -inf; D >= 0, so clamp at 0.
-            tree_max = jnp.maximum(optax.tree.max(difference), 0)
-            max_difference = jax.tree.map(lambda _: tree_max, difference)
-        else:
-            max_difference = jax.tree.map(_leaf_max, difference)
+            # Leaf maxima are >= 0 (0 for an empty leaf); optax.tree.max starts at -inf.
+            tree_max = jnp.maximum(optax.tree.max(max_difference), 0)
+            max_difference = jax.tree.map(lambda _: tree_max, max_difference)
         mu_hat = optax.tree.bias_correction(mu, b1, count)
         nu_hat = optax.tree.bias_correction(nu, b2, count)
         friction = friction_for_step(count)
 
-        def leaf_update(g, d, d_max, m, v):
+        def leaf_update(g, d_max, v_t, m, v):
             if g is None:
                 return None
+            d = jnp.abs(g - v_t)
             # One reciprocal per leaf, then a multiply per element; 0 where max(D) == 0.
             d_max = d_max.astype(d.dtype)
             inverse_max = jnp.where(d_max > 0, 1 / d_max, 0)
@@ -134,7 +157,7 @@ def scale_by_normalized_difference(
             return (xi * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
 
         updates = jax.tree.map(
-            leaf_update, updates, difference, max_difference, mu_hat, nu_hat, is_leaf=_is_none
+            leaf_update, updates, max_difference, nu, mu_hat, nu_hat, is_leaf=_is_none
         )
         return updates, DGradState(
             count=count,
