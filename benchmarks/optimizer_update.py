@@ -12,9 +12,28 @@ benchmarks/results/optimizer_update.json.
     python benchmarks/optimizer_update.py [--repeats 15]
 
 (from the repository root, with the package installed, e.g. ``pip install -e .``, or with
-``PYTHONPATH=.``). The last column, XLA's per-call scratch memory, explains most of the gap
-to the floor on XLA:CPU: DGrad's |g - v_t| of every leaf and diffGrad's defensive copies
-of prev_grad are materialised (~100 MB, freshly page-faulted on each call).
+``PYTHONPATH=.``).
+
+What limits the ratios on XLA:CPU (read from the optimized HLO,
+``jax.jit(step).lower(...).compile().as_text()``). XLA:CPU does no multi-output fusion, so
+even Adam moves 10 arrays, not 7: one fusion writes mu, one writes nu, and the update fusion
+reads them back with params. On that structure:
+
+- DGrad/Cos: the per-leaf max is a two-operand reduction over (g, v_t)
+  (``_leaf_max_abs_difference``), 2 extra reads, and the update fusion reads g once more to
+  recompute |g - v_t|: 13 arrays, 1.3x Adam. Before it, ``jnp.max(jnp.abs(g - v_t))`` was a
+  YNNPACK reduction that cannot fuse its operand, so |g - v_t| of every leaf went to 102 MB
+  of scratch, page-faulted afresh on each call (2.7-2.9x Adam). Tried without gain: max over
+  the last axis or all but the last, ``lax.reduce_window``, ``lax.reduce`` with a max
+  reducer (all still YNNPACK on a stored difference), int32-bitcast max (native reduce, still
+  stored difference), recomputing v_t from the old nu in the reduction (more scratch).
+- diffGrad: prev_grad's output buffer is the donated old prev_grad, which the update fusion
+  still reads; with no multi-output fusion nothing orders that read before the write of g,
+  so XLA copies the old prev_grad to scratch (102 MB, page-faulted) and then copies g in:
+  16 arrays plus the faults. Tried without gain: ``jnp.where(count > 0, g, prev)``,
+  ``lax.dynamic_update_slice``, ``lax.optimization_barrier`` pairing g with the update or
+  with mu (XLA drops the barrier). Not fixable in the transform's code on XLA:CPU; state
+  held by reference (the bug diffGrad implementations once had) is not an option.
 """
 
 import argparse

@@ -299,11 +299,19 @@ def optimizer_update() -> list[dict] | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the suite's code paths on a tiny model and few members, to "
+                        "check the script itself (the numbers mean nothing)")  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=(),
                         choices=("efficiency", "step_loop", "paper", "optimizer"),
                         help="parts to leave out")  # fmt: skip
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
+    if args.smoke:
+        tiny = dict(model="resnet_tiny", image_size=8, batch_size=4)
+        suite = {part: {**settings, **tiny} for part, settings in suite.items()}
+        suite["efficiency"]["members"] = (1, 2)
+        suite["paper"]["members"] = min(suite["paper"]["members"], 2)
     started = time.perf_counter()
     report = dict(
         suite=args.suite, backend=jax.default_backend(), device=jax.devices()[0].device_kind,
@@ -333,7 +341,7 @@ def main(argv=None) -> int:
         report["optimizer_update"] = optimizer_update()
     report["seconds"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"trainer_{args.suite}.json"
+    path = RESULTS / f"trainer_{args.suite}{'_smoke' if args.smoke else ''}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path} ({report['seconds']:.0f} s)")
     return 0

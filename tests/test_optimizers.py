@@ -494,3 +494,32 @@ def test_invalid_injected_hyperparameter_raises_at_init():
     optimizer = optax.inject_hyperparams(optax_dgrad.dgrad)(learning_rate=0.1, b1=1.2)
     with pytest.raises(ValueError, match="b1"):
         optimizer.init(jnp.ones(2))
+
+
+# ---------------------------------------------------------------- the fused max reduction
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (3, 3, 4, 5), (2, 0, 3)])
+def test_leaf_max_abs_difference_matches_numpy(shape):
+    # DGrad's max |g - v_t| is a two-operand reduction (so XLA:CPU need not store |g - v_t|);
+    # it must equal NumPy's max of the stored difference, 0 for an empty leaf, under jit.
+    from optax_dgrad._src.dgrad import _leaf_max_abs_difference
+
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(shape).astype(np.float32)
+    v = rng.standard_normal(shape).astype(np.float32) ** 2
+    expected = np.abs(g - v).max(initial=0.0)
+    actual = jax.jit(_leaf_max_abs_difference)(g, v)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(actual), expected)
+
+
+def test_leaf_max_abs_difference_mixed_dtypes_and_nan():
+    from optax_dgrad._src.dgrad import _leaf_max_abs_difference
+
+    g = jnp.array([0.5, -3.0, 2.0], jnp.bfloat16)
+    v = jnp.array([0.25, 0.5, 2.0], jnp.float32)  # largest |g - v| from a negative g - v
+    assert float(_leaf_max_abs_difference(g, v)) == 3.5
+    assert _leaf_max_abs_difference(g, v).dtype == jnp.float32
+    with_nan = jnp.array([1.0, jnp.nan, -2.0])
+    assert np.isnan(float(_leaf_max_abs_difference(with_nan, jnp.zeros(3))))
