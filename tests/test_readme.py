@@ -8,12 +8,12 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def tested_blocks() -> list[str]:
+def readme_tested_blocks() -> list[str]:
     return re.findall(r"<!-- tested[^>]*-->\n```python\n(.*?)```", README, re.S)
 
 
 def test_the_optimizer_example_runs_as_written():
-    blocks = tested_blocks()
+    blocks = readme_tested_blocks()
     assert blocks, "README.md has no block marked <!-- tested -->"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})  # the block asserts its own result
