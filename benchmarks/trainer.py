@@ -58,15 +58,15 @@ HELA_IMAGES, HELA_FOLDS, HELA_MEMBERS = 862, 5, 14 + 7 + 7 + 14 + 7 + 7
 SUITES = {
     "cpu": dict(
         efficiency=dict(model="resnet18_small", image_size=32, batch_size=32, dtype="float32",
-                        members=(1, 2, 4, 8), strategies=("vmap", "loop", "sharded")),
+                        members=(1, 2, 4, 8), strategies=("loop", "vmap", "sharded")),
         step_loop=dict(model="resnet18_small", image_size=32, batch_size=32, dtype="float32",
-                       steps=12, members=2),
+                       steps=6, members=2),
         paper=dict(model="resnet50", image_size=224, batch_size=30, dtype="float32",
                    members=1, steps=2),
     ),
     "gpu": dict(
         efficiency=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
-                        members=(1, 2, 4, 7), strategies=("vmap", "loop")),
+                        members=(1, 2, 4, 7), strategies=("loop", "vmap")),
         step_loop=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
                        steps=12, members=1),
         paper=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
@@ -176,32 +176,41 @@ def memory_per_member(group: Group) -> float:
         return float("nan")
     total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
              - stats.alias_size_in_bytes + stats.temp_size_in_bytes)  # fmt: skip
-    return total / group.slots
+    # A sharded program's sizes are per device, and each device holds slots / devices members.
+    devices = group.programs.mesh.size if group.programs.mesh is not None else 1
+    return total * devices / group.slots
 
 
 def efficiency(settings: dict) -> list[dict]:
-    """E(N) per strategy, each strategy checked against ``loop`` before it is timed."""
+    """E(N) per strategy, each strategy checked against ``loop`` before it is timed.
+
+    t_single is the plain single-member step (``loop`` with N = 1), the same for every row.
+    Memory per member hardly depends on N, so it is read off the largest N only (reading it
+    compiles the step once more).
+    """
     rows, single = [], {}
+    assert settings["strategies"][0] == "loop", "loop runs first: it is the reference"
     for members in settings["members"]:
-        reference = _after_steps(Group(settings, members, "loop"), 2)
+        reference = None
         for strategy in settings["strategies"]:
             if strategy == "sharded" and jax.device_count() == 1:
                 continue
             group = Group(settings, members, strategy)
             started = time.perf_counter()
-            checked = _after_steps(group, 2)
-            jax.block_until_ready(checked)
+            checked = jax.block_until_ready(_after_steps(group, 2))
             compile_s = time.perf_counter() - started
+            reference = reference or checked
             difference = check_same(f"{strategy} N={members}", checked, reference, 2,
                                     group.config.learning_rate)  # fmt: skip
             timing = time_steps(group, steps=3 if members > 2 else 5)
-            single.setdefault(strategy, timing["step_s"] if members == 1 else None)
-            base = single.get(strategy) or single.get("loop")
+            if members == 1 and strategy == "loop":
+                single["loop"] = timing["step_s"]
+            largest = members == max(settings["members"])
             rows.append(dict(
                 strategy=strategy, members=members, step_ms=1e3 * timing["step_s"],
                 compile_and_2_steps_s=compile_s,
-                efficiency=members * base / timing["step_s"],
-                memory_mb_per_member=memory_per_member(group) / 1e6,
+                efficiency=members * single["loop"] / timing["step_s"],
+                memory_mb_per_member=memory_per_member(group) / 1e6 if largest else None,
                 max_difference_vs_loop=difference,
             ))  # fmt: skip
             print(_row_markdown(rows[-1]), flush=True)
@@ -211,7 +220,7 @@ def efficiency(settings: dict) -> list[dict]:
 def _row_markdown(row: dict) -> str:
     return (f"| {row['strategy']} | {row['members']} | {row['step_ms']:.1f} | "
             f"{row['efficiency']:.2f} | {row['compile_and_2_steps_s']:.1f} | "
-            f"{row['memory_mb_per_member']:.0f} |")  # fmt: skip
+            f"{row['memory_mb_per_member'] or float('nan'):.0f} |")  # fmt: skip
 
 
 def step_loops(settings: dict) -> list[dict]:
@@ -238,7 +247,7 @@ def step_loops(settings: dict) -> list[dict]:
         difference = check_same(f"{name} (unroll {unroll})", (params, metrics[:members]),
                                 reference, steps, group.config.learning_rate)  # fmt: skip
         times = []
-        for _ in range(2):
+        for _ in range(1 if name == "scan" and jax.default_backend() == "cpu" else 3):
             started = time.perf_counter()
             _block(run(group.copy_state(), group.fresh_metrics()))
             times.append(time.perf_counter() - started)
@@ -286,8 +295,10 @@ def paper_throughput(settings: dict) -> dict:
 def optimizer_update() -> list[dict] | None:
     """Runs benchmarks/optimizer_update.py and returns its rows."""
     script = ROOT / "benchmarks" / "optimizer_update.py"
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(script), "--repeats", "7"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)  # fmt: skip
+                            env=environment, capture_output=True, text=True,
+                            check=False)  # fmt: skip
     print(result.stdout)
     if result.returncode != 0:
         print(result.stderr, file=sys.stderr)
