@@ -28,6 +28,8 @@ def plot_accuracy_vs_size(
     datasets: Mapping[str, DatasetScores], path: str | Path, rule: str = "sum"
 ) -> Path:
     """Fused accuracy of the first ``k`` members against ``k``, one line per optimizer."""
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = _new_figure(len(datasets))
     for axis, data in zip(axes, datasets.values(), strict=True):
         for optimizer in data.groups:
@@ -35,6 +37,7 @@ def plot_accuracy_vs_size(
             sizes = np.arange(1, len(accuracies) + 1)
             axis.plot(sizes, 100 * accuracies, marker="o", ms=3, label=PAPER_NAMES[optimizer])
         axis.set(title=data.dataset, xlabel="ensemble size k (first k members)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0].set_ylabel(f"accuracy % ({rule} rule)")
     axes[-1].legend(fontsize="small")
