@@ -51,7 +51,7 @@ from data.augment import (
     augment_images,
     resize_images,
 )
-from models import get_model
+from models import MODEL_NAMES, get_model
 from models.pretrained import load_pretrained
 
 OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "diffgrad", "dgrad", "cos1", "cos2")
@@ -63,13 +63,12 @@ AUGMENTATIONS = {
     "scale": AugmentConfig(reflect=False, min_scale=1.0, max_scale=2.0),
 }
 
-# What `auto` picks, per backend, from benchmarks/trainer.py (see the README's performance
-# section for the measured tables). XLA:CPU runs vmapped convolutions as slow grouped
-# convolutions, so members are written out one after another there; GPUs run a vmapped
-# (grouped) convolution as one wide kernel.
+# What `auto` picks, per backend. The CPU entries are measured (benchmarks/trainer.py, the
+# README's performance section): XLA:CPU runs vmapped convolutions as slow grouped
+# convolutions (E(N) 0.17-0.27), and a train step inside a while loop hits a slow
+# weight-gradient layout (jax-ml/jax#12868, 20x). The GPU and TPU entries are unmeasured
+# defaults until `python benchmarks/trainer.py --suite gpu` has run on such a device.
 AUTO_MEMBER_STRATEGY = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}
-# A train step inside an un-unrolled lax.scan hits a slow weight-gradient layout on XLA:CPU
-# (jax-ml/jax#12868); a Python loop of jitted steps avoids it and costs one dispatch a step.
 AUTO_STEP_LOOP = {"cpu": "python", "gpu": "python", "tpu": "python"}
 
 
@@ -81,8 +80,8 @@ class TrainConfig:
       dataset: "digits" (embedded, offline), "hela", "bg", "lar", or "folder:PATH".
       data_dir: where the TFDS builds of hela/bg/lar live (None: TFDS's default).
       model: a name from ``models.MODEL_NAMES``.
-    stride_placement: "v1" (stride on a bottleneck's first 1x1 convolution: the paper's,
-      Keras' model) or "v1.5" (on the 3x3: torchvision's and timm's weights).
+      stride_placement: "v1" (stride on a bottleneck's first 1x1 convolution: the paper's,
+        Keras' model) or "v1.5" (on the 3x3: torchvision's and timm's weights).
       image_size: side of the square model input, in pixels.
       optimizers: group name -> number of members, e.g. {"sgd": 14, "dgrad": 7}.
       epochs: passes over the training split per fold.
@@ -182,6 +181,30 @@ def parse_optimizer_groups(text: str) -> dict[str, int]:
     return groups
 
 
+def _cli_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that shows the parser's own message (argparse hides ValueErrors)."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse_flag.__name__ = parse.__name__
+    return parse_flag
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """Parses ``"0,2"`` into ``(0, 2)``."""
+    try:
+        folds = tuple(int(fold) for fold in text.split(","))
+    except ValueError:
+        raise ValueError(f"--folds {text!r} is not a comma-separated list of integers") from None
+    if any(fold < 0 for fold in folds):
+        raise ValueError(f"--folds {text!r}: folds are counted from 0")
+    return folds
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raises ValueError naming the first setting that cannot work, before any training."""
     if not config.optimizers:
@@ -189,8 +212,20 @@ def validate_config(config: TrainConfig) -> None:
     for name, members in config.optimizers.items():
         if name not in OPTIMIZER_NAMES:
             raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_NAMES)}")
-        if not isinstance(members, int) or members < 1:
+        if not isinstance(members, (int, np.integer)) or isinstance(members, bool):
+            raise ValueError(f"optimizer group {name!r}: member count {members!r} is not an int")
+        if members < 1:
             raise ValueError(f"optimizer group {name!r} needs at least 1 member, got {members!r}")
+    if config.model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODEL_NAMES)}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}")
+    for field in ("b1", "b2", "momentum"):
+        if not 0 <= getattr(config, field) < 1:
+            raise ValueError(f"{field} must be in [0, 1), got {getattr(config, field)!r}")
+    for field in ("eps", "weight_decay"):
+        if not getattr(config, field) >= 0:
+            raise ValueError(f"{field} must be >= 0, got {getattr(config, field)!r}")
     for field, minimum in (
         ("epochs", 1),
         ("batch_size", 1),
@@ -572,7 +607,8 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> str:
         with open(config_path) as f:
             saved = json.load(f)
         current = _config_json(config)
-        differing = sorted(k for k in current if saved.get(k) != current[k])
+        # out_dir may be spelled differently (relative, trailing slash): it is the same run.
+        differing = sorted(k for k in current if k != "out_dir" and saved.get(k) != current[k])
         if differing:
             raise ValueError(
                 f"cannot resume {run_dir!r}: its config.json differs in {differing} (saved "
@@ -726,8 +762,15 @@ def train_fold_group(
     finally:
         checkpoints.wait_until_finished()
         checkpoints.close()
-    scores = predict_members(programs, state, dataset.images[test_indices])
-    return scores[:members], diverged[:members]
+    scores = predict_members(programs, state, dataset.images[test_indices])[:members]
+    diverged = diverged[:members]
+    # The loss is computed before each update, so a last update that breaks a member shows
+    # only in its scores.
+    for m in np.flatnonzero(~np.isfinite(scores).all(axis=(1, 2)) & ~diverged):
+        tqdm.write(f"warning: {group} member {m} gives non-finite test scores in fold {fold}; "
+                   "it is excluded from fusion", file=sys.stderr)  # fmt: skip
+        diverged[m] = True
+    return scores, diverged
 
 
 def predict_members(programs: GroupPrograms, state: MemberState, images: np.ndarray) -> np.ndarray:
@@ -799,17 +842,15 @@ def _write_scores(
     os.replace(temporary, path)  # a kill never leaves a truncated score file behind
 
 
-def _normalization(config: TrainConfig, dataset: ImageDataset) -> Normalization:
-    """What the weights were trained with, else the data set's own channel statistics."""
+def _normalization(config: TrainConfig) -> Normalization:
+    """What the weights were trained with; ImageNet's statistics without weights.
+
+    The statistics never come from the data set, so no test image influences training.
+    """
     if config.weights is not None and h5py.is_hdf5(config.weights):
         # Keras' ImageNet ResNet50 ("caffe" preprocessing): BGR in [0, 255] minus the mean.
         return Normalization(KERAS_IMAGENET_MEAN_BGR, (1 / 255,) * 3, reverse_channels=True)
-    if config.weights is not None:
-        return Normalization(IMAGENET_MEAN, IMAGENET_STD)
-    pixels = dataset.images.reshape(-1, dataset.images.shape[-1]) / 255.0
-    return Normalization(
-        tuple(pixels.mean(0).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).tolist())
-    )
+    return Normalization(IMAGENET_MEAN, IMAGENET_STD)
 
 
 def train_ensemble(
@@ -828,7 +869,8 @@ def train_ensemble(
         groups with a score file are not trained again.
       progress: show a tqdm progress bar over epochs.
       on_step: called as ``on_step(group, fold, epoch, step)`` after each step of the Python
-        step loop (for logging, or to interrupt a run).
+        step loop (for logging, or to interrupt a run); with ``step_loop="scan"`` the host
+        sees no step boundary, so it is not called.
       dataset: an already loaded data set to use instead of loading ``config.dataset``.
 
     Returns:
@@ -869,7 +911,7 @@ def train_ensemble(
         f"requested {config.strategy}/{config.step_loop})"
     )
     padded_train = max(len(tr) for _, tr, _ in folds)
-    normalization = _normalization(config, dataset)
+    normalization = _normalization(config)
 
     total_epochs = len(config.optimizers) * len(folds) * config.epochs
     bar = tqdm(total=total_epochs, unit="epoch", disable=not progress or jax.process_index())
@@ -997,7 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--image-size", type=int, help=f"model input side in pixels [{defaults.image_size}]")
     add(
         "--optimizers",
-        type=parse_optimizer_groups,
+        type=_cli_type(parse_optimizer_groups),
         help="groups as name:members, comma separated, from "
         f"{', '.join(OPTIMIZER_NAMES)} [{_format_groups(defaults.optimizers)}]",
     )
@@ -1016,7 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, help=f"run seed; members' keys derive from it [{defaults.seed}]")
     add(
         "--folds",
-        type=lambda s: tuple(int(f) for f in s.split(",")),
+        type=_cli_type(parse_folds),
         help="comma-separated 0-based folds to train [all folds of the data set's protocol]",
     )
     add(
@@ -1105,7 +1147,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out-dir and --overwrite deletes it: pick one")
     if args.distributed:
         # Cross-process collectives on CPU need gloo; the setting is ignored by GPU and TPU, and
         # it must be made before initialize(), which must come before any backend is started.
@@ -1125,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(config.out_dir)
         _sync_processes("old run removed")
         result = train_ensemble(config, resume=args.resume, progress=not args.no_progress)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

@@ -91,6 +91,11 @@ def augment_images(
       >>> augment_images(jax.random.key(0), batch, 28).shape
       (2, 28, 28, 3)
     """
+    if not 0 < config.min_scale <= config.max_scale:
+        raise ValueError(
+            f"augmentation scales must satisfy 0 < min_scale <= max_scale, got "
+            f"[{config.min_scale}, {config.max_scale}]"
+        )
     if config == NO_AUGMENTATION:
         return resize_images(images, output_size)
     batch = images.shape[0]

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from data.augment import NO_AUGMENTATION, AugmentConfig, augment_images, normalize
 
@@ -36,19 +37,62 @@ def test_magnification_about_the_centre():
     np.testing.assert_allclose(out, np.broadcast_to(out[:1, :1], out.shape), atol=1e-6)
 
 
-def test_reflections_and_scales_are_drawn_per_image_and_per_key():
-    images = ramp_images(count=32)
+def grid_images(count, size=16):
+    """Channel 0 rises along x, channel 1 along y, channel 2 with both: every flip shows."""
+    rows, columns = np.mgrid[0:size, 0:size]
+    image = np.stack([10 * columns, 10 * rows, 5 * columns + 10 * rows], axis=-1)
+    return np.broadcast_to(image.astype(np.uint8), (count, size, size, 3)).copy()
+
+
+def test_all_four_reflections_are_drawn_per_image_and_per_key():
+    images = grid_images(64)
     config = AugmentConfig(reflect=True, min_scale=1.0, max_scale=1.0)
     out = np.asarray(augment_images(jax.random.key(3), images, 16, config))
-    plain, mirrored = images[0] / 255.0, images[0, :, ::-1] / 255.0
-    is_plain = np.isclose(out, plain, atol=1e-6).all(axis=(1, 2, 3))
-    is_mirrored = np.isclose(out, mirrored, atol=1e-6).all(axis=(1, 2, 3))
-    assert (is_plain | is_mirrored).all()
-    assert 4 < is_mirrored.sum() < 28  # about half of 32 images, per image draws
+    image = images[0] / 255.0
+    outcomes = {
+        "plain": image,
+        "x": image[:, ::-1],
+        "y": image[::-1],
+        "both": image[::-1, ::-1],
+    }
+    counts = {
+        name: int(np.isclose(out, view, atol=1e-6).all(axis=(1, 2, 3)).sum())
+        for name, view in outcomes.items()
+    }
+    assert sum(counts.values()) == 64, counts  # every output is one of the four
+    assert all(count >= 6 for count in counts.values()), counts  # about 16 each
     again = np.asarray(augment_images(jax.random.key(3), images, 16, config))
     np.testing.assert_array_equal(out, again)
     other = np.asarray(augment_images(jax.random.key(4), images, 16, config))
     assert not np.array_equal(out, other)
+
+
+def test_scales_are_drawn_per_image_and_per_axis_in_range():
+    size, count = 16, 32
+    config = AugmentConfig(reflect=False, min_scale=1.0, max_scale=2.0)
+    out = np.asarray(augment_images(jax.random.key(5), grid_images(count, size), size, config))
+    # Away from the borders the ramps stay linear; a magnification s divides their slope
+    # of 10 grey levels per pixel by s.
+    centre = slice(size // 2 - 2, size // 2 + 2)
+    slope_x = np.diff(out[:, centre, centre, 0], axis=2).mean(axis=(1, 2)) * 255
+    slope_y = np.diff(out[:, centre, centre, 1], axis=1).mean(axis=(1, 2)) * 255
+    scale_x, scale_y = 10 / slope_x, 10 / slope_y
+    assert ((scale_x > 1 - 1e-3) & (scale_x < 2 + 1e-3)).all()
+    assert ((scale_y > 1 - 1e-3) & (scale_y < 2 + 1e-3)).all()
+    assert np.unique(np.round(scale_x, 3)).size > count // 2  # drawn per image
+    assert np.abs(scale_x - scale_y).max() > 0.2  # drawn per axis
+    # The magnification is about the centre: the centre pixel keeps its value.
+    centre_value = (10 * (size / 2 - 0.5)) / 255
+    np.testing.assert_allclose(
+        out[:, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1, 0].mean(axis=(1, 2)),
+        centre_value,
+        atol=1e-4,
+    )
+
+
+def test_invalid_scales_are_rejected():
+    with pytest.raises(ValueError, match="min_scale <= max_scale"):
+        augment_images(jax.random.key(0), grid_images(1), 16, AugmentConfig(True, 2.0, 1.0))
 
 
 def test_output_size_and_range():
