@@ -34,14 +34,17 @@ import sys
 import time
 from pathlib import Path
 
-if "--suite" in sys.argv and "cpu" in sys.argv and "XLA_FLAGS" not in os.environ:
+_pre_parser = argparse.ArgumentParser(add_help=False)
+_pre_parser.add_argument("--suite")
+_suite, _ = _pre_parser.parse_known_args()  # before jax is imported
+if getattr(_suite, "suite", None) == "cpu" and "XLA_FLAGS" not in os.environ:
     # Two host devices on a two-core machine: the smallest setting in which sharding members
     # over devices can show what it costs or saves.
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import jax  # noqa: E402  (after XLA_FLAGS is set)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -151,13 +154,19 @@ def check_same(name: str, candidate, reference, steps: int, learning_rate: float
     """Raises unless two paths agree; returns the largest parameter difference.
 
     An Adam-like step moves a parameter by at most about the learning rate, and near-zero
-    gradients may round to either sign, so parameters may differ by up to ``2 * lr`` a step
-    while the losses, which depend on every parameter, must agree closely.
+    gradients may round to either sign, so a few parameters may differ by up to ``2 * lr`` a
+    step; nearly all must agree to rounding, and the losses, which depend on every
+    parameter, must agree closely.
     """
     (params, metrics), (reference_params, reference_metrics) = candidate, reference
     difference = _max_difference(params, reference_params)
-    if difference > 2 * learning_rate * steps or not np.allclose(
-        metrics[:, 0], reference_metrics[:, 0], rtol=1e-3
+    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True)
+    close = sum(int(jnp.sum(jnp.abs(a - b) <= 1e-5)) for a, b in pairs)
+    total = sum(leaf.size for leaf in jax.tree.leaves(params))
+    if (
+        difference > 2 * learning_rate * steps
+        or close < 0.99 * total
+        or not np.allclose(metrics[:, 0], reference_metrics[:, 0], rtol=1e-4)
     ):
         raise AssertionError(
             f"{name} differs from the plain path: parameters by {difference}, losses "
