@@ -731,10 +731,9 @@ def train_fold_group(
             loss = loss_sum / counted
             accuracy = correct / (counted * config.batch_size)
             for m in np.flatnonzero(~np.isfinite(loss[:members]) & ~diverged[:members]):
-                tqdm.write(
+                _warn(
                     f"warning: {group} member {m} diverged in fold {fold}, epoch {epoch + 1} "
-                    f"(loss {loss[m]}); it is excluded from fusion",
-                    file=sys.stderr,
+                    f"(loss {loss[m]}); it is excluded from fusion"
                 )
             diverged |= ~np.isfinite(loss)
             log_rows += [
@@ -767,10 +766,16 @@ def train_fold_group(
     # The loss is computed before each update, so a last update that breaks a member shows
     # only in its scores.
     for m in np.flatnonzero(~np.isfinite(scores).all(axis=(1, 2)) & ~diverged):
-        tqdm.write(f"warning: {group} member {m} gives non-finite test scores in fold {fold}; "
-                   "it is excluded from fusion", file=sys.stderr)  # fmt: skip
+        _warn(f"warning: {group} member {m} gives non-finite test scores in fold {fold}; "
+              "it is excluded from fusion")  # fmt: skip
         diverged[m] = True
     return scores, diverged
+
+
+def _warn(message: str) -> None:
+    """Prints a warning above the progress bar, once per run (process 0 of several)."""
+    if jax.process_index() == 0:
+        tqdm.write(message, file=sys.stderr)
 
 
 def predict_members(programs: GroupPrograms, state: MemberState, images: np.ndarray) -> np.ndarray:
