@@ -155,17 +155,18 @@ def check_same(name: str, candidate, reference, steps: int, learning_rate: float
 
     An Adam-like step moves a parameter by at most about the learning rate, and near-zero
     gradients may round to either sign, so a few parameters may differ by up to ``2 * lr`` a
-    step; nearly all must agree to rounding, and the losses, which depend on every
+    step. Wrong data or keys move essentially every parameter by about the learning rate, so
+    at least 90% must agree within a tenth of that, and the losses, which depend on every
     parameter, must agree closely.
     """
     (params, metrics), (reference_params, reference_metrics) = candidate, reference
     difference = _max_difference(params, reference_params)
     pairs = zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True)
-    close = sum(int(jnp.sum(jnp.abs(a - b) <= 1e-5)) for a, b in pairs)
+    close = sum(int(jnp.sum(jnp.abs(a - b) <= learning_rate / 10)) for a, b in pairs)
     total = sum(leaf.size for leaf in jax.tree.leaves(params))
     if (
         difference > 2 * learning_rate * steps
-        or close < 0.99 * total
+        or close < 0.9 * total
         or not np.allclose(metrics[:, 0], reference_metrics[:, 0], rtol=1e-4)
     ):
         raise AssertionError(
