@@ -792,26 +792,23 @@ def predict_members(programs: GroupPrograms, state: MemberState, images: np.ndar
 
 
 def _load_pretrained_members(state: MemberState, path: str, programs: GroupPrograms) -> MemberState:
-    """Loads the ImageNet weights into every member, keeping each member's own new head."""
+    """Loads the ImageNet weights into every member, keeping each member's own new head.
+
+    The file is read once; the loader keeps the head of the variables it is given, so every
+    member takes the loaded body and its own freshly initialised head.
+    """
+    first = jax.tree.map(lambda leaf: np.asarray(leaf[0]), state)
+    loaded = load_pretrained(
+        path,
+        {"params": first.params, "batch_stats": first.batch_stats},
+        stride_placement=programs.model.stride_placement,
+    )
     members = jax.tree.leaves(state.params)[0].shape[0]
-    loaded = []
-    for m in range(members):
-        member = jax.tree.map(lambda leaf, m=m: np.asarray(leaf[m]), state)
-        variables = load_pretrained(
-            path,
-            {"params": member.params, "batch_stats": member.batch_stats},
-            stride_placement=programs.model.stride_placement,
-        )
-        loaded.append(
-            MemberState(
-                variables["params"], variables["batch_stats"], programs.tx.init(variables["params"])
-            )
-        )
-    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *loaded)
-    return (
-        jax.device_put(stacked, programs.member_sharding)
-        if programs.member_sharding
-        else jax.device_put(stacked)
+    stacked = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), loaded)
+    params = {**stacked["params"], "head": jax.tree.map(np.asarray, state.params["head"])}
+    opt_state = jax.vmap(programs.tx.init)(params)
+    return jax.device_put(
+        MemberState(params, stacked["batch_stats"], opt_state), programs.member_sharding
     )
 
 
