@@ -1,6 +1,7 @@
 """Sum-rule fusion of ensemble members, the paper's tables, uncertainty metrics and plots.
 
-Reads the score files that ``train.py`` writes (it never imports the trainer)::
+Reads the score files that ``train.py`` writes with ``write_score_file`` (it never imports
+the trainer)::
 
   RUN_DIR/config.json                        "optimizers" ({"sgd": 14, ...}), "folds", ...
   RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz     scores [members, n_test, n_classes] (softmax),
@@ -15,7 +16,7 @@ and reproduces Nanni, Maguolo & Lumini (arXiv 2103.14689):
   paper's notation (``"SGD(14) + DGrad(7) + Cos#1(7)"``) or a plain one (``sgd:14+dgrad:7``);
   an ensemble takes the first ``k`` members of each group.
 
-Decisions (also in the README):
+Decisions (docs/ensembles.md explains them):
 
 - Runs of the same data set are merged; a group present in two runs of one data set is an
   error. Different data sets become the columns of the tables.
@@ -23,14 +24,19 @@ Decisions (also in the README):
   only (each fold trains its own networks); the results list each one left out. For Table 1 a
   member that diverged in any fold has no pooled accuracy: it is counted and named apart from
   the mean and standard deviation, which use the other members.
-- The paper's default Table 2 rows that a run cannot serve (a group missing or smaller than
-  asked) are shown as "n/a" with the reason; an ensemble given explicitly must be servable,
-  otherwise it is an error.
+- The paper's default Table 2 rows that no run can serve (a group missing or smaller than
+  asked) are named in one line under the table and kept in table2.csv with the reason; an
+  ensemble given explicitly must be servable, otherwise it is an error.
+- Which optimizer groups exist is what the runs hold (the trainer owns the list); the paper's
+  display names (``PAPER_NAMES``) and table order are a reporting convention, and a group the
+  paper does not have is shown as its own name.
+- A plot skips ensemble sizes that cannot be fused (every member diverged in a fold) and says
+  so in its legend.
 - Standard deviations use ``ddof=1`` (MATLAB's ``std``, which the paper used).
 - The data set's name (a table column) is the one in the score files.
 
 The helpers live in the ``ensembling`` package, one concept per module (specs, score_files,
-fusion, metrics, tables, report, plots); this module is their public face and the CLI.
+runs, fusion, metrics, tables, report, plots); this module is their public face and the CLI.
 
 Example::
 
@@ -49,7 +55,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ensembling.fusion import FUSION_RULES, FusedScores, fuse
+from ensembling.fusion import FUSION_RULES, FusedScores, fuse, sum_rule_accuracy
 from ensembling.metrics import (
     ECE_BINS,
     ClassificationMetrics,
@@ -65,6 +71,7 @@ from ensembling.plots import (
     plot_accuracy_vs_size,
     plot_cyclic_factors,
     plot_reliability,
+    size_curve_label,
 )
 from ensembling.report import (
     describe_runs,
@@ -75,24 +82,22 @@ from ensembling.report import (
     table2_markdown,
     write_tables,
 )
+from ensembling.runs import DatasetScores, GroupScores, load_run, load_runs, merge_runs
 from ensembling.score_files import (
     SCORE_FILE_KEYS,
-    DatasetScores,
     FoldScores,
-    GroupScores,
     ScoreFileError,
-    load_run,
-    load_runs,
-    merge_runs,
     read_score_file,
+    write_score_file,
 )
 from ensembling.specs import (
-    OPTIMIZERS,
     PAPER_NAMES,
     PAPER_TABLE2_ENSEMBLES,
     EnsembleSpec,
     EnsembleSpecError,
+    display_name,
     optimizer_group,
+    paper_order,
     parse_ensemble_spec,
 )
 from ensembling.tables import (
@@ -102,17 +107,18 @@ from ensembling.tables import (
     Table1Row,
     Table2Entry,
     accuracy_by_ensemble_size,
+    accuracy_mean_and_std,
     evaluate_ensemble,
     member_results,
     table1,
     table2,
     trained_group_ensembles,
+    unfusable_fold,
 )
 
 __all__ = [
     "ECE_BINS",
     "FUSION_RULES",
-    "OPTIMIZERS",
     "PAPER_NAMES",
     "PAPER_TABLE2_ENSEMBLES",
     "SCORE_FILE_KEYS",
@@ -131,12 +137,13 @@ __all__ = [
     "Table1Row",
     "Table2Entry",
     "accuracy_by_ensemble_size",
-    "trained_group_ensembles",
+    "accuracy_mean_and_std",
     "brier_score",
     "build_parser",
     "classification_metrics",
     "cyclic_factors",
     "describe_runs",
+    "display_name",
     "ensemble_metrics_markdown",
     "evaluate_ensemble",
     "expected_calibration_error",
@@ -149,6 +156,7 @@ __all__ = [
     "merge_runs",
     "optimizer_group",
     "pairwise_disagreement",
+    "paper_order",
     "parse_ensemble_spec",
     "plot_accuracy_vs_size",
     "plot_cyclic_factors",
@@ -156,10 +164,15 @@ __all__ = [
     "read_score_file",
     "reliability_curve",
     "runs_markdown",
+    "size_curve_label",
+    "sum_rule_accuracy",
     "table1",
     "table1_markdown",
     "table2",
     "table2_markdown",
+    "trained_group_ensembles",
+    "unfusable_fold",
+    "write_score_file",
     "write_tables",
 ]
 
@@ -198,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ensembles for Table 2, in the paper's notation ('SGD(14) + DGrad(7) + Cos#1(7)'; "
         "quote it) or plain (sgd:14+dgrad:7+cos1:7), case-insensitive; each takes the first k "
         "members of each group. Every run must be able to serve them. Default: the paper's 15 "
-        "rows, shown as n/a (with the reason) where a run lacks the members.",
+        "rows that the runs can serve (the others are named under the table; table2.csv "
+        "gives each reason), then each trained group whole and all groups together.",
     )
     parser.add_argument(
         "--fusion",

@@ -7,6 +7,7 @@ References:
   Kittler, Hatef, Duin & Matas, "On combining classifiers", IEEE TPAMI 20(3), 1998.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -85,3 +86,43 @@ def fuse(
     tied_best = votes == votes.max(axis=-1, keepdims=True)
     predictions = np.where(tied_best, summed, -np.inf).argmax(axis=-1)
     return FusedScores(votes / n_valid[:, None], predictions)
+
+
+def sum_rule_accuracy(
+    member_scores: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
+) -> float:
+    """Accuracy of the sum rule, ``mean_n [argmax_c sum_m p_m(c|x_n) = y_n]``.
+
+    The decision is ``fuse(member_scores, "sum", valid).predictions``, the one Table 2 scores.
+
+    Args:
+      member_scores: ``[members, n_samples, n_classes]`` probabilities.
+      labels: integer ``[n_samples]``.
+      valid: optional bool ``[members, n_samples]``, as in ``fuse``: False leaves a member
+        out for that sample (a member diverged in the fold where the sample is test data).
+
+    Returns:
+      The accuracy; NaN when some sample has no valid member (no member at all, or every
+      member diverged where that sample is test data): the ensemble makes no decision there.
+
+    Example:
+      >>> sum_rule_accuracy(np.array([[[.9, .1]], [[.4, .6]], [[.4, .6]]]), np.array([0]))
+      1.0
+    """
+    member_scores = np.asarray(member_scores)
+    labels = np.asarray(labels)
+    if member_scores.ndim != 3 or labels.shape != member_scores.shape[1:2]:
+        raise ValueError(
+            f"member_scores must be [members, n_samples, n_classes] and labels [n_samples]; "
+            f"got {member_scores.shape} and {labels.shape}"
+        )
+    if valid is not None and np.shape(valid) != member_scores.shape[:2]:
+        raise ValueError(f"valid has shape {np.shape(valid)}; expected {member_scores.shape[:2]}")
+    n_valid = (
+        np.full(member_scores.shape[1], member_scores.shape[0])
+        if valid is None
+        else np.asarray(valid, dtype=bool).sum(axis=0)
+    )
+    if member_scores.shape[0] == 0 or np.any(n_valid == 0):
+        return math.nan
+    return float(np.mean(fuse(member_scores, "sum", valid).predictions == labels))

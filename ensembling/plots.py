@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ensembling.metrics import ECE_BINS, reliability_curve
-from ensembling.score_files import DatasetScores
-from ensembling.specs import PAPER_NAMES, EnsembleSpec
-from ensembling.tables import accuracy_by_ensemble_size, evaluate_ensemble
+from ensembling.runs import DatasetScores
+from ensembling.specs import EnsembleSpec, display_name
+from ensembling.tables import accuracy_by_ensemble_size, evaluate_ensemble, unfusable_fold
 
 
 def _new_figure(n_panels: int, height: float = 3.2):
@@ -24,10 +24,28 @@ def _new_figure(n_panels: int, height: float = 3.2):
     return figure, figure.subplots(1, n_panels, squeeze=False)[0]
 
 
+def size_curve_label(optimizer: str, accuracies: np.ndarray) -> str:
+    """The legend entry of one group's curve, noting sizes that could not be fused.
+
+    ``accuracies`` is ``accuracy_by_ensemble_size``'s result: NaN for sizes ``k = 1 .. j``
+    whose members all diverged in some fold.
+    """
+    name = display_name(optimizer)
+    skipped = np.flatnonzero(np.isnan(accuracies)) + 1
+    if skipped.size == 0:
+        return name
+    sizes = f"k={skipped[0]}" if skipped.size == 1 else f"k={skipped[0]}..{skipped[-1]}"
+    return f"{name} ({sizes} skipped: all diverged in a fold)"
+
+
 def plot_accuracy_vs_size(
     datasets: Mapping[str, DatasetScores], path: str | Path, rule: str = "sum"
 ) -> Path:
-    """Fused accuracy of the first ``k`` members against ``k``, one line per optimizer."""
+    """Fused accuracy of the first ``k`` members against ``k``, one line per optimizer.
+
+    Sizes that cannot be fused (all of the first ``k`` members diverged in some fold) have
+    no point; the group's legend entry names them (``size_curve_label``).
+    """
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = _new_figure(len(datasets))
@@ -35,7 +53,8 @@ def plot_accuracy_vs_size(
         for optimizer in data.groups:
             accuracies = accuracy_by_ensemble_size(data, optimizer, rule)
             sizes = np.arange(1, len(accuracies) + 1)
-            axis.plot(sizes, 100 * accuracies, marker="o", ms=3, label=PAPER_NAMES[optimizer])
+            label = size_curve_label(optimizer, accuracies)
+            axis.plot(sizes, 100 * accuracies, marker="o", ms=3, label=label)
         axis.set(title=data.dataset, xlabel="ensemble size k (first k members)")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
@@ -54,13 +73,21 @@ def plot_reliability(
     """Reliability diagram of each optimizer's whole group fused, one panel per data set.
 
     Each point is a non-empty confidence bin: its accuracy against its mean confidence; the
-    diagonal is perfect calibration; the legend gives each ensemble's ECE.
+    diagonal is perfect calibration; the legend gives each ensemble's ECE. A group whose
+    members all diverged in some fold has no fused scores: its legend entry says so.
     """
     figure, axes = _new_figure(len(datasets), height=3.6)
     for axis, data in zip(axes, datasets.values(), strict=True):
         axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
         for optimizer, group in data.groups.items():
-            result = evaluate_ensemble(data, EnsembleSpec(((optimizer, group.n_members),)), rule)
+            spec = EnsembleSpec(((optimizer, group.n_members),))
+            fold = unfusable_fold(data, spec)
+            if fold is not None:
+                axis.plot(
+                    [], [], marker="o", ms=3, label=f"{spec.label}: all diverged in fold {fold}"
+                )
+                continue
+            result = evaluate_ensemble(data, spec, rule)
             curve = reliability_curve(
                 result.fused.probabilities, data.labels, n_bins, result.fused.predictions
             )

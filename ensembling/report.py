@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ensembling.metrics import ClassificationMetrics
-from ensembling.score_files import DatasetScores
-from ensembling.specs import OPTIMIZERS, PAPER_NAMES
+from ensembling.runs import DatasetScores
+from ensembling.specs import display_name, paper_order
 from ensembling.tables import MemberResult, Table1Row, Table2Entry
 
 
@@ -59,7 +59,7 @@ def runs_markdown(datasets: Mapping[str, DatasetScores]) -> str:
             ", ".join(run["run_dirs"]),
             " ".join(map(str, run["folds"])),
             str(run["test_samples"]),
-            " + ".join(f"{PAPER_NAMES[name]}({count})" for name, count in run["members"].items()),
+            " + ".join(f"{display_name(name)}({count})" for name, count in run["members"].items()),
             ", ".join(run["diverged"]) or "none",
         ]
         for run in describe_runs(datasets)
@@ -73,8 +73,8 @@ def table1_markdown(rows: Sequence[Table1Row]) -> str:
     datasets = list(dict.fromkeys(row.dataset for row in rows))
     cells = {(row.optimizer, row.dataset): row for row in rows}
     body = []
-    for optimizer in (o for o in OPTIMIZERS if any(k[0] == o for k in cells)):
-        line = [PAPER_NAMES[optimizer]]
+    for optimizer in paper_order(row.optimizer for row in rows):
+        line = [display_name(optimizer)]
         for dataset in datasets:
             row = cells.get((optimizer, dataset))
             if row is None:
@@ -106,7 +106,7 @@ def member_metrics_markdown(members: Sequence[MemberResult]) -> str:
         body.append(
             [
                 dataset,
-                PAPER_NAMES[optimizer],
+                display_name(optimizer),
                 f"{len(metrics)}",
                 _percent(accuracy),
                 _percent(macro_f1),
@@ -122,26 +122,35 @@ def member_metrics_markdown(members: Sequence[MemberResult]) -> str:
 def table2_markdown(entries: Sequence[Table2Entry]) -> str:
     """Table 2 as Markdown: fused accuracy (%) per ensemble (rows) and data set.
 
-    Cells marked ``†n`` had ``n`` member-folds left out as diverged; "n/a" cells are
-    explained below the table.
+    Only the ensembles that some data set can serve are rows; the others (default rows the
+    runs lack the members for) are named in one line under the table, their reasons being in
+    ``table2.csv``. Cells marked ``†n`` had ``n`` member-folds left out as diverged; an "n/a"
+    cell of a row that another data set serves is explained below the table.
     """
     datasets = list(dict.fromkeys(entry.dataset for entry in entries))
     specs = list(dict.fromkeys(entry.spec for entry in entries))
     cells = {(entry.spec, entry.dataset): entry for entry in entries}
-    body, notes = [], []
+    body, notes, unserved = [], [], []
     for spec in specs:
+        row = [cells[(spec, dataset)] for dataset in datasets]
+        if all(entry.result is None for entry in row):
+            unserved.append(spec.label)
+            continue
         line = [spec.label]
-        for dataset in datasets:
-            entry = cells[(spec, dataset)]
+        for entry in row:
             if entry.result is None:
                 line.append("n/a")
-                notes.append(f"- n/a: {entry.unavailable}")
+                notes.append(f"- n/a ({entry.dataset}): {entry.unavailable}")
             else:
                 cell = _percent(entry.result.metrics.accuracy)
                 if entry.result.left_out:
                     cell += f" †{len(entry.result.left_out)}"
                 line.append(cell)
         body.append(line)
+    if unserved:
+        notes.append(
+            f"Not served by these runs (each reason in table2.csv): {', '.join(unserved)}."
+        )
     table = _markdown(["Ensemble", *datasets], body)
     return "\n".join([table, "", *notes]) if notes else table
 

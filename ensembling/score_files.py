@@ -1,8 +1,8 @@
-"""Reading and checking the score files that ``train.py`` writes.
+"""The score-file format: one owner, who writes it (``write_score_file``) and reads it.
 
-The format (pinned; the trainer writes exactly this)::
+The trainer writes one file per fold and optimizer group with ``write_score_file``;
+``ensemble.py`` reads it with ``read_score_file``; both apply the same checks (``_checked``)::
 
-  RUN_DIR/config.json                     "dataset", "seed", "optimizers" ({"sgd": 14, ...})
   RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz  one per fold F (0-based) and optimizer group:
     scores        float32 [members, n_test, n_classes]  softmax probabilities
     labels        int64 [n_test]
@@ -12,20 +12,21 @@ The format (pinned; the trainer writes exactly this)::
     diverged      bool [members]   the member's loss became NaN/inf (its scores may be NaN)
     optimizer, dataset  0-d str;  fold  0-d int64
 
-Everything is checked on reading; a problem raises ``ScoreFileError`` naming the file(s) and
-what was expected. Runs of one data set can be merged, each optimizer group from one run.
+A problem raises ``ScoreFileError`` naming the file and what was expected. Keys beyond
+``SCORE_FILE_KEYS`` are ignored on reading, so a later optional field (per-member
+hyperparameters, say) is added by giving ``FoldScores`` a field with a default,
+``write_score_file`` a keyword argument that defaults to absent, and ``_checked`` and
+``_arrays`` its check and its arrays; files without it keep reading.
 """
 
-import json
-import re
-import zipfile
-from collections.abc import Sequence
+import os
+import secrets
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ensembling.specs import OPTIMIZERS
+from ensembling.specs import GROUP_NAME
 
 SCORE_FILE_KEYS = (
     "scores",
@@ -41,7 +42,13 @@ SCORE_FILE_KEYS = (
 # Softmax scores are float32: rows sum to one within rounding; anything further off is not a
 # probability vector (logits written by mistake, say).
 PROBABILITY_TOLERANCE = 1e-3
-_FOLD_DIR = re.compile(r"fold(\d+)")
+# The suffix of a write in progress; ``load_run`` never reads such a file.
+PARTIAL_SUFFIX = ".partial.npz"
+# What reading a damaged .npz raises varies (zipfile.BadZipFile, EOFError, OSError, ValueError,
+# NotImplementedError for a flipped compression method, RuntimeError, zlib.error, ...): every
+# exception while reading is reported as a damaged file, with the original error in the message
+# (test_every_truncation_and_corruption_is_a_score_file_error).
+_UNREADABLE = Exception
 
 
 class ScoreFileError(ValueError):
@@ -82,38 +89,12 @@ def _expect(condition: bool, path: Path, problem: str) -> None:
         raise ScoreFileError(f"{path}: {problem}")
 
 
-def read_score_file(path: str | Path) -> FoldScores:
-    """Reads and checks one ``{OPTIMIZER}.npz`` score file.
-
-    Raises:
-      ScoreFileError: naming the file and the problem: not a readable ``.npz`` (malformed or
-        truncated), missing keys, wrong dtypes or shapes, labels outside the classes, repeated
-        test indices, or scores of a non-diverged member that are not probability vectors.
-    """
-    path = Path(path)
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
-    if not path.is_file():
-        raise ScoreFileError(f"{path}: file not found")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except unreadable as error:
-        raise ScoreFileError(
-            f"{path}: not a readable .npz archive (malformed or truncated?): {error}"
-        ) from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ScoreFileError(f"{path}: a bare .npy array, not an .npz archive of named arrays")
-    with archive:
-        missing = [key for key in SCORE_FILE_KEYS if key not in archive.files]
-        _expect(
-            not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
-        )
-        try:
-            arrays = {key: archive[key] for key in SCORE_FILE_KEYS}
-        except unreadable as error:
-            raise ScoreFileError(
-                f"{path}: cannot read its arrays (malformed or truncated?): {error}"
-            ) from error
-
+def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
+    """Checks a score file's arrays (read or about to be written); returns them typed."""
+    missing = [key for key in SCORE_FILE_KEYS if key not in arrays]
+    _expect(
+        not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
+    )
     scores = arrays["scores"]
     _expect(
         scores.ndim == 3 and np.issubdtype(scores.dtype, np.floating),
@@ -123,6 +104,7 @@ def read_score_file(path: str | Path) -> FoldScores:
     n_members, n_test, n_classes = scores.shape
     _expect(n_members >= 1 and n_test >= 1, path, f"'scores' is empty: shape {scores.shape}")
     _expect(n_classes >= 2, path, f"'scores' has {n_classes} class(es); need at least 2")
+    scores = scores.astype(np.float32, copy=False)  # what is written, and what is returned
 
     def vector(key: str, length: int, kind: str, what: str) -> np.ndarray:
         array = arrays[key]
@@ -151,6 +133,13 @@ def read_score_file(path: str | Path) -> FoldScores:
     fold = int(scalar("fold", "iu", "integer"))
     dataset = scalar("dataset", "U", "str")
 
+    _expect(
+        GROUP_NAME.fullmatch(optimizer) is not None,
+        path,
+        f"'optimizer' {optimizer!r} is not a group name (lower case: a letter, then letters, "
+        "digits, '_' or '-')",
+    )
+    _expect(fold >= 0, path, f"'fold' must be a fold number >= 0, got {fold}")
     bad_labels = labels[(labels < 0) | (labels >= n_classes)]
     _expect(
         bad_labels.size == 0,
@@ -179,7 +168,7 @@ def read_score_file(path: str | Path) -> FoldScores:
         )
     return FoldScores(
         path=path,
-        scores=scores.astype(np.float32, copy=False),
+        scores=scores,
         labels=labels,
         test_indices=test_indices,
         class_names=class_names,
@@ -191,283 +180,126 @@ def read_score_file(path: str | Path) -> FoldScores:
     )
 
 
-class GroupScores(NamedTuple):
-    """One optimizer group's members, the folds' test samples concatenated in fold order.
+def _arrays(checked: FoldScores) -> dict[str, np.ndarray]:
+    """The arrays of a score file, in the pinned dtypes."""
+    return {
+        "scores": checked.scores,
+        "labels": checked.labels,
+        "test_indices": checked.test_indices,
+        "class_names": np.asarray(checked.class_names, dtype=str),
+        "member_seeds": checked.member_seeds,
+        "diverged": checked.diverged,
+        "optimizer": np.asarray(checked.optimizer, dtype=str),
+        "fold": np.asarray(checked.fold, dtype=np.int64),
+        "dataset": np.asarray(checked.dataset, dtype=str),
+    }
 
-    Attributes:
-      optimizer: the group name.
-      run_dir: the run it comes from.
-      scores: float32 ``[members, n_samples, n_classes]``.
-      diverged: bool ``[members, len(folds)]``: the member diverged in that fold.
-      member_seeds: int64 ``[members, len(folds)]``.
+
+def read_score_file(path: str | Path) -> FoldScores:
+    """Reads and checks one ``{OPTIMIZER}.npz`` score file.
+
+    Raises:
+      ScoreFileError: naming the file and the problem: not a readable ``.npz`` (malformed or
+        truncated), missing keys, wrong dtypes or shapes, labels outside the classes, repeated
+        test indices, or scores of a non-diverged member that are not probability vectors.
     """
-
-    optimizer: str
-    run_dir: Path
-    scores: np.ndarray
-    diverged: np.ndarray
-    member_seeds: np.ndarray
-
-    @property
-    def n_members(self) -> int:
-        return self.scores.shape[0]
-
-
-class DatasetScores(NamedTuple):
-    """All groups' scores on one data set, test samples pooled over the folds.
-
-    Attributes:
-      dataset: the data set's name.
-      class_names: the class names, in class-index order.
-      labels: int64 ``[n_samples]``.
-      test_indices: int64 ``[n_samples]``, indices into the data set.
-      folds: the folds trained, ascending (all of the protocol's, or those the run chose).
-      sample_fold: int64 ``[n_samples]``: the fold in which the sample is test data.
-      groups: the optimizer groups, in the paper's order.
-      run_dirs: the runs merged here.
-    """
-
-    dataset: str
-    class_names: tuple[str, ...]
-    labels: np.ndarray
-    test_indices: np.ndarray
-    folds: tuple[int, ...]
-    sample_fold: np.ndarray
-    groups: dict[str, GroupScores]
-    run_dirs: tuple[Path, ...]
-
-    @property
-    def sample_fold_position(self) -> np.ndarray:
-        """int64 ``[n_samples]``: the position of each sample's fold in ``folds``."""
-        return np.searchsorted(self.folds, self.sample_fold)
-
-
-def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
-    if a.shape != b.shape:
-        return f"{a.shape[0]} vs {b.shape[0]} entries"
-    position = int(np.flatnonzero(a != b)[0])
-    return f"first difference at position {position}: {a[position]} vs {b[position]}"
-
-
-def _first(fold_files: dict[str, FoldScores]) -> FoldScores:
-    return next(iter(fold_files.values()))
-
-
-def _read_config(run_dir: Path) -> tuple[dict[str, int], list[int] | None]:
-    """Returns config.json's ``optimizers`` and ``folds`` (None: all folds)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ScoreFileError(f"{config_path}: not found; is {run_dir} a train.py run directory?")
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreFileError(f"{path}: file not found")
     try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ScoreFileError(f"{config_path}: not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ScoreFileError(f"{config_path}: expected a JSON object")
-    groups = config.get("optimizers")
-    if not isinstance(groups, dict) or not groups:
+        archive = np.load(path, allow_pickle=False)
+    except _UNREADABLE as error:
         raise ScoreFileError(
-            f"{config_path}: 'optimizers' must map group names to member counts, "
-            f'e.g. {{"sgd": 14}}; got {groups!r}'
+            f"{path}: not a readable .npz archive (malformed or truncated?): {error!r}"
+        ) from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ScoreFileError(f"{path}: a bare .npy array, not an .npz archive of named arrays")
+    with archive:
+        missing = [key for key in SCORE_FILE_KEYS if key not in archive.files]
+        _expect(
+            not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
         )
-    for name, count in groups.items():
-        if name not in OPTIMIZERS or not isinstance(count, int) or count < 1:
+        try:
+            arrays = {key: archive[key] for key in SCORE_FILE_KEYS}
+        except _UNREADABLE as error:
             raise ScoreFileError(
-                f"{config_path}: 'optimizers' entry {name!r}: {count!r}; expected a group in "
-                f"{list(OPTIMIZERS)} and a positive member count"
-            )
-    folds = config.get("folds")
-    if folds is not None and (
-        not isinstance(folds, list) or not all(isinstance(f, int) and f >= 0 for f in folds)
-    ):
-        raise ScoreFileError(
-            f"{config_path}: 'folds' must be null or a list of folds, got {folds!r}"
-        )
-    return groups, folds
+                f"{path}: cannot read its arrays (malformed or truncated?): {error!r}"
+            ) from error
+    return _checked(path, arrays)
 
 
-def load_run(run_dir: str | Path) -> DatasetScores:
-    """Reads and cross-checks all score files of one run directory.
+def write_score_file(
+    path: str | Path,
+    *,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    test_indices: np.ndarray,
+    class_names: tuple[str, ...] | list[str] | np.ndarray,
+    member_seeds: np.ndarray,
+    diverged: np.ndarray,
+    optimizer: str,
+    fold: int,
+    dataset: str,
+) -> Path:
+    """Checks and writes one ``{OPTIMIZER}.npz`` score file, atomically.
 
-    Checks that every group of ``config.json`` has one file per trained fold (config.json's
-    ``folds``, or every ``fold{F}`` present when it is null) with the configured number of
-    members, that each file agrees with its place (optimizer, fold) and all name the same data
-    set, that all groups of a fold share the labels, test indices and class names, that class
-    names agree across folds, and that no sample is test data in two folds. The data set's name
-    is the one in the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
-    are not score files and are not read.
+    The arrays are checked by the rules ``read_score_file`` applies (dtype kinds, shapes,
+    probabilities), then stored in the pinned dtypes (scores float32, integers int64). The
+    file is written to a temporary file in the same directory (named ``.*.partial.npz``,
+    which ``load_run`` never reads), flushed to disk and renamed over ``path``: a kill at any
+    moment leaves either the previous file or the new one, never a truncated one. Parent
+    directories are created.
+
+    Args:
+      path: the file, ``RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz`` in a run directory.
+      scores: ``[members, n_test, n_classes]`` softmax probabilities; a diverged member's
+        may be NaN.
+      labels: integer ``[n_test]``.
+      test_indices: integer ``[n_test]``, distinct indices into the data set.
+      class_names: ``n_classes`` names, in class-index order.
+      member_seeds: integer ``[members]``.
+      diverged: bool ``[members]``.
+      optimizer: the group name.
+      fold: the fold number (0-based).
+      dataset: the data set's name.
+
+    Returns:
+      ``path``.
 
     Raises:
-      ScoreFileError: naming the file(s) and the problem.
+      ScoreFileError: naming ``path`` and the problem, before anything is written.
     """
-    run_dir = Path(run_dir)
-    configured, configured_folds = _read_config(run_dir)
-    scores_dir = run_dir / "scores"
-    if not scores_dir.is_dir():
-        raise ScoreFileError(f"{scores_dir}: not found; the run has written no scores")
-    fold_dirs = {}
-    for entry in sorted(scores_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        match = _FOLD_DIR.fullmatch(entry.name)
-        if match is None or not entry.is_dir():
-            raise ScoreFileError(f"{entry}: unexpected; scores/ holds only fold{{F}} directories")
-        fold_dirs[int(match.group(1))] = entry
-    if not fold_dirs:
-        raise ScoreFileError(f"{scores_dir}: holds no fold{{F}} directory")
-    if configured_folds is not None and sorted(fold_dirs) != sorted(configured_folds):
-        raise ScoreFileError(
-            f"{scores_dir}: holds folds {sorted(fold_dirs)}; config.json's 'folds' says "
-            f"{sorted(configured_folds)}"
-        )
-
-    folds: list[dict[str, FoldScores]] = []
-    for fold, fold_dir in sorted(fold_dirs.items()):
-        present = {
-            path.stem: path
-            for path in fold_dir.glob("*.npz")
-            if not path.name.endswith(".partial.npz")
-        }
-        unexpected = sorted(set(present) - set(configured))
-        if unexpected:
-            raise ScoreFileError(
-                f"{fold_dir}: score files {unexpected} for groups not in config.json's "
-                f"'optimizers' {sorted(configured)}"
-            )
-        fold_files = {}
-        for optimizer, members in configured.items():
-            path = fold_dir / f"{optimizer}.npz"
-            if optimizer not in present:
-                raise ScoreFileError(
-                    f"{path}: missing; config.json lists {optimizer!r} with {members} members"
-                )
-            scores = read_score_file(path)
-            _expect(
-                (scores.optimizer, scores.fold) == (optimizer, fold),
-                path,
-                f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
-                f"{optimizer!r}, fold {fold}",
-            )
-            _expect(
-                scores.scores.shape[0] == members,
-                path,
-                f"{scores.scores.shape[0]} members; config.json says {members}",
-            )
-            fold_files[optimizer] = scores
-        reference = next(iter(fold_files.values()))
-        for scores in fold_files.values():
-            if scores.dataset != reference.dataset:
-                raise ScoreFileError(
-                    f"{scores.path} and {reference.path} name different data sets: "
-                    f"{scores.dataset!r} vs {reference.dataset!r}"
-                )
-            for key in ("test_indices", "labels"):
-                ours, theirs = getattr(scores, key), getattr(reference, key)
-                if ours.shape != theirs.shape or np.any(ours != theirs):
-                    raise ScoreFileError(
-                        f"{scores.path} and {reference.path} disagree on {key!r} "
-                        f"({_first_difference(ours, theirs)}); every group of a fold must be "
-                        "scored on the same test split"
-                    )
-        folds.append(fold_files)
-
-    reference = next(iter(folds[0].values()))
-    seen_indices: dict[int, Path] = {}
-    for fold_files in folds:
-        fold_reference = next(iter(fold_files.values()))
-        if fold_reference.dataset != reference.dataset:
-            raise ScoreFileError(
-                f"{fold_reference.path} and {reference.path} name different data sets: "
-                f"{fold_reference.dataset!r} vs {reference.dataset!r}"
-            )
-        if fold_reference.class_names != reference.class_names:
-            raise ScoreFileError(
-                f"{fold_reference.path} and {reference.path} disagree on 'class_names': "
-                f"{list(fold_reference.class_names)} vs {list(reference.class_names)}"
-            )
-        for index in fold_reference.test_indices.tolist():
-            if index in seen_indices:
-                raise ScoreFileError(
-                    f"{fold_reference.path} and {seen_indices[index]} both hold test index "
-                    f"{index}; each sample must be test data in exactly one fold"
-                )
-            seen_indices[index] = fold_reference.path
-
-    def pooled(key: str) -> np.ndarray:
-        return np.concatenate([getattr(_first(f), key) for f in folds])
-
-    groups = {}
-    for optimizer in (name for name in OPTIMIZERS if name in configured):
-        per_fold = [fold_files[optimizer] for fold_files in folds]
-        groups[optimizer] = GroupScores(
-            optimizer=optimizer,
-            run_dir=run_dir,
-            scores=np.concatenate([f.scores for f in per_fold], axis=1),
-            diverged=np.stack([f.diverged for f in per_fold], axis=1),
-            member_seeds=np.stack([f.member_seeds for f in per_fold], axis=1),
-        )
-    return DatasetScores(
-        dataset=reference.dataset,
-        class_names=reference.class_names,
-        labels=pooled("labels"),
-        test_indices=pooled("test_indices"),
-        folds=tuple(sorted(fold_dirs)),
-        sample_fold=np.concatenate(
-            [np.full(len(f.labels), f.fold, dtype=np.int64) for f in map(_first, folds)]
-        ),
-        groups=groups,
-        run_dirs=(run_dir,),
+    path = Path(path)
+    given = {
+        "scores": scores,
+        "labels": labels,
+        "test_indices": test_indices,
+        "class_names": class_names,
+        "member_seeds": member_seeds,
+        "diverged": diverged,
+        "optimizer": optimizer,
+        "fold": fold,
+        "dataset": dataset,
+    }
+    checked = _checked(path, {key: np.asarray(value) for key, value in given.items()})
+    _expect(
+        path.name == f"{checked.optimizer}.npz",
+        path,
+        f"a score file of group {checked.optimizer!r} must be named {checked.optimizer}.npz "
+        "(load_run finds a group's scores by the file name)",
     )
-
-
-def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
-    """Merges two runs of the same data set: same folds and labels, disjoint groups.
-
-    Raises:
-      ScoreFileError: if the data sets, class names, folds or labels differ, or if an
-        optimizer group is in both runs.
-    """
-    both = f"{', '.join(map(str, first.run_dirs))} and {', '.join(map(str, second.run_dirs))}"
-    if first.dataset != second.dataset:
-        raise ScoreFileError(f"{both}: different data sets {first.dataset!r}, {second.dataset!r}")
-    if first.class_names != second.class_names:
-        raise ScoreFileError(
-            f"{both}: runs of {first.dataset!r} disagree on class names: "
-            f"{list(first.class_names)} vs {list(second.class_names)}"
-        )
-    if first.folds != second.folds:
-        raise ScoreFileError(
-            f"{both}: runs of {first.dataset!r} trained different folds: {list(first.folds)} "
-            f"vs {list(second.folds)}"
-        )
-    for key in ("sample_fold", "test_indices", "labels"):
-        ours, theirs = getattr(first, key), getattr(second, key)
-        if ours.shape != theirs.shape or np.any(ours != theirs):
-            raise ScoreFileError(
-                f"{both}: runs of {first.dataset!r} disagree on {key!r} "
-                f"({_first_difference(ours, theirs)}); merged runs must use the same folds"
-            )
-    for optimizer in first.groups.keys() & second.groups.keys():
-        raise ScoreFileError(
-            f"optimizer group {optimizer!r} of data set {first.dataset!r} is in two runs: "
-            f"{first.groups[optimizer].run_dir} and {second.groups[optimizer].run_dir}"
-        )
-    merged = {**first.groups, **second.groups}
-    return first._replace(
-        groups={name: merged[name] for name in OPTIMIZERS if name in merged},
-        run_dirs=first.run_dirs + second.run_dirs,
-    )
-
-
-def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, DatasetScores]:
-    """Loads run directories; runs of one data set are merged, keyed by data set name.
-
-    The data sets keep the order in which they first appear.
-    """
-    datasets: dict[str, DatasetScores] = {}
-    for run_dir in run_dirs:
-        run = load_run(run_dir)
-        datasets[run.dataset] = (
-            merge_runs(datasets[run.dataset], run) if run.dataset in datasets else run
-        )
-    return datasets
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    # O_EXCL: never write into someone else's temporary file; mode 0o666 minus the umask, as
+    # an ordinary open() would give (mkstemp's 0o600 would hide the scores from the group).
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, **_arrays(checked))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -6,7 +6,8 @@
   its members of each member's stand-alone accuracy pooled over the folds. A member that
   diverged in any fold has no pooled accuracy: it is counted and named apart.
 - Table 2: fused ensembles; a default row that a run cannot serve is "n/a" with the reason,
-  an ensemble given explicitly must be servable.
+  an ensemble given explicitly must be servable. Specs are checked against the groups the
+  runs hold: the trainer, not this package, owns the list of optimizers.
 
 References:
   Nanni, Maguolo & Lumini, "Exploiting Adam-like Optimization Algorithms to Improve the
@@ -20,13 +21,18 @@ from typing import NamedTuple
 import numpy as np
 
 from ensembling.fusion import FusedScores, fuse
-from ensembling.metrics import ClassificationMetrics, classification_metrics, pairwise_disagreement
-from ensembling.score_files import DatasetScores
+from ensembling.metrics import (
+    ClassificationMetrics,
+    classification_metrics,
+    pairwise_disagreement,
+)
+from ensembling.runs import DatasetScores
 from ensembling.specs import (
-    PAPER_NAMES,
     PAPER_TABLE2_ENSEMBLES,
     EnsembleSpec,
     EnsembleSpecError,
+    describe_group,
+    display_name,
     parse_ensemble_spec,
 )
 
@@ -65,17 +71,18 @@ class EnsembleResult(NamedTuple):
 
 
 def _check_servable(data: DatasetScores, spec: EnsembleSpec) -> None:
+    """Checks the spec against the groups the runs hold (the only list of groups here)."""
     for optimizer, count in spec.terms:
         group = data.groups.get(optimizer)
         if group is None:
             raise EnsembleSpecError(
                 f"{spec.label}: data set {data.dataset!r} (runs "
-                f"{', '.join(map(str, data.run_dirs))}) has no {PAPER_NAMES[optimizer]} "
-                f"({optimizer}) scores; it has {list(data.groups)}"
+                f"{', '.join(map(str, data.run_dirs))}) has no {describe_group(optimizer)} "
+                f"scores; its groups are {list(data.groups)}"
             )
         if count > group.n_members:
             raise EnsembleSpecError(
-                f"{spec.label}: asks for {count} {PAPER_NAMES[optimizer]} members, but "
+                f"{spec.label}: asks for {count} {display_name(optimizer)} members, but "
                 f"{group.run_dir} trained {group.n_members} on {data.dataset!r}"
             )
 
@@ -89,7 +96,11 @@ def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum"
       EnsembleSpecError: if a group is missing or has fewer members than asked for, or if
         every member of the ensemble diverged in some fold.
     """
-    _check_servable(data, spec)
+    fold = unfusable_fold(data, spec)
+    if fold is not None:
+        raise EnsembleSpecError(
+            f"{spec.label} on {data.dataset!r}: every member diverged in fold {fold}"
+        )
     member_scores, valid, left_out = [], [], []
     for optimizer, count in spec.terms:
         group = data.groups[optimizer]
@@ -99,11 +110,6 @@ def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum"
             left_out.append(LeftOutMember(optimizer, int(member), data.folds[position]))
     member_scores = np.concatenate(member_scores)
     valid = np.concatenate(valid)
-    for fold in data.folds:
-        if not valid[:, data.sample_fold == fold].any():
-            raise EnsembleSpecError(
-                f"{spec.label} on {data.dataset!r}: every member diverged in fold {fold}"
-            )
     fused = fuse(member_scores, rule, valid)
     member_predictions = np.where(valid[..., None], member_scores, 0.0).argmax(axis=-1)
     return EnsembleResult(
@@ -152,6 +158,24 @@ def member_results(data: DatasetScores) -> list[MemberResult]:
     return results
 
 
+def accuracy_mean_and_std(accuracies) -> tuple[float, float]:
+    """Table 1's statistic: mean and sample standard deviation of member accuracies.
+
+    The standard deviation uses ``ddof=1`` (MATLAB's ``std``, which the paper used). The mean
+    is NaN for no accuracy, the standard deviation NaN for fewer than two: one member has no
+    spread to estimate (not a spread of 0).
+
+    Example:
+      >>> accuracy_mean_and_std([0.5, 0.75, 1.0])
+      (0.75, 0.25)
+      >>> accuracy_mean_and_std([0.5])
+      (0.5, nan)
+    """
+    accuracies = np.asarray(accuracies, dtype=np.float64).ravel()
+    mean = float(accuracies.mean()) if accuracies.size else math.nan
+    return mean, float(accuracies.std(ddof=1)) if accuracies.size > 1 else math.nan
+
+
 class Table1Row(NamedTuple):
     """Table 1: an optimizer's stand-alone accuracy on one data set.
 
@@ -179,15 +203,17 @@ def table1(members: Sequence[MemberResult]) -> list[Table1Row]:
         by_group.setdefault((result.dataset, result.optimizer), []).append(result)
     rows = []
     for (dataset, optimizer), results in by_group.items():
-        accuracies = np.array([r.metrics.accuracy for r in results if r.metrics is not None])
+        accuracy_mean, accuracy_std = accuracy_mean_and_std(
+            [r.metrics.accuracy for r in results if r.metrics is not None]
+        )
         rows.append(
             Table1Row(
                 dataset=dataset,
                 optimizer=optimizer,
                 n_members=len(results),
                 diverged_members=tuple(r.member for r in results if r.metrics is None),
-                accuracy_mean=float(accuracies.mean()) if accuracies.size else math.nan,
-                accuracy_std=float(accuracies.std(ddof=1)) if accuracies.size > 1 else math.nan,
+                accuracy_mean=accuracy_mean,
+                accuracy_std=accuracy_std,
             )
         )
     return rows
@@ -255,12 +281,31 @@ def trained_group_ensembles(datasets: Mapping[str, DatasetScores]) -> list[Ensem
     return list(specs.values())
 
 
+def unfusable_fold(data: DatasetScores, spec: EnsembleSpec) -> int | None:
+    """The first fold in which every member of ``spec`` diverged (None: it can be fused).
+
+    Raises:
+      EnsembleSpecError: if a group is missing or has fewer members than asked for.
+    """
+    _check_servable(data, spec)
+    diverged_everywhere = np.ones(len(data.folds), dtype=bool)
+    for optimizer, count in spec.terms:
+        diverged_everywhere &= data.groups[optimizer].diverged[:count].all(axis=0)
+    positions = np.flatnonzero(diverged_everywhere)
+    return data.folds[positions[0]] if positions.size else None
+
+
 def accuracy_by_ensemble_size(data: DatasetScores, optimizer: str, rule: str = "sum") -> np.ndarray:
-    """Fused accuracy of the first ``k`` members of a group, for ``k = 1 .. members``."""
+    """Fused accuracy of the first ``k`` members of a group, for ``k = 1 .. members``.
+
+    Entry ``k - 1`` is NaN where the first ``k`` members cannot be fused: every one of them
+    diverged in some fold (``unfusable_fold``). Those sizes are always ``k = 1 .. j`` for some
+    ``j``: the first ``k - 1`` members diverged wherever the first ``k`` all did.
+    """
     count = data.groups[optimizer].n_members
-    return np.array(
-        [
-            evaluate_ensemble(data, EnsembleSpec(((optimizer, k),)), rule).metrics.accuracy
-            for k in range(1, count + 1)
-        ]
-    )
+    accuracies = np.full(count, math.nan)
+    for k in range(1, count + 1):
+        spec = EnsembleSpec(((optimizer, k),))
+        if unfusable_fold(data, spec) is None:
+            accuracies[k - 1] = evaluate_ensemble(data, spec, rule).metrics.accuracy
+    return accuracies

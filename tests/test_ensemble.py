@@ -1,7 +1,8 @@
 """Tests of ensemble.py: fusion, metrics, score-file checks, the paper's tables, CLI, plots.
 
-Score files are written here by `write_score_file`, which follows the trainer's pinned format;
-the synthetic runs have accuracies built in by construction (see `hela_run`).
+Score files are written by `ensemble.write_score_file`, the format's owner (through
+`write_fold` and `write_run`); the synthetic runs have accuracies built in by construction
+(see `hela_run`). Score files and run directories: test_ensemble_score_files.py.
 """
 
 import json
@@ -19,7 +20,7 @@ import ensemble
 CLASS_NAMES = ("a", "b", "c")
 
 
-def write_score_file(
+def write_fold(
     path,
     scores,
     labels,
@@ -29,28 +30,24 @@ def write_score_file(
     dataset,
     class_names=CLASS_NAMES,
     diverged=None,
-    drop=(),
 ):
-    """Writes one score file in the trainer's format; `drop` leaves keys out."""
-    scores = np.asarray(scores, dtype=np.float32)
-    arrays = {
-        "scores": scores,
-        "labels": np.asarray(labels),
-        "test_indices": np.asarray(test_indices),
-        "class_names": np.array(class_names),
-        "member_seeds": np.arange(len(scores), dtype=np.int64) + 1000 * fold,
-        "diverged": (
-            np.zeros(len(scores), dtype=bool) if diverged is None else np.asarray(diverged)
-        ),
-        "optimizer": np.array(optimizer),
-        "fold": np.array(fold, dtype=np.int64),
-        "dataset": np.array(dataset),
-    }
-    for key in drop:
-        del arrays[key]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-    return path
+    """One score file through the format's owner, ``ensemble.write_score_file``.
+
+    Member seeds are ``1000 * fold + member``; no member diverged unless ``diverged`` says so.
+    """
+    scores = np.asarray(scores)
+    return ensemble.write_score_file(
+        path,
+        scores=scores,
+        labels=labels,
+        test_indices=test_indices,
+        class_names=class_names,
+        member_seeds=np.arange(len(scores)) + 1000 * fold,
+        diverged=np.zeros(len(scores), dtype=bool) if diverged is None else diverged,
+        optimizer=optimizer,
+        fold=fold,
+        dataset=dataset,
+    )
 
 
 def write_run(run_dir, dataset, group_scores, labels, n_folds=2, diverged=None, folds=None):
@@ -74,7 +71,7 @@ def write_run(run_dir, dataset, group_scores, labels, n_folds=2, diverged=None, 
         if folds is not None and fold not in folds:
             continue
         for name, scores in group_scores.items():
-            write_score_file(
+            write_fold(
                 run_dir / "scores" / f"fold{fold}" / f"{name}.npz",
                 np.asarray(scores)[:, indices],
                 np.asarray(labels)[indices],
@@ -129,8 +126,7 @@ def hela_groups():
     }
 
 
-@pytest.fixture
-def hela_run(tmp_path):
+def write_hela_run(tmp_path):
     """A run of known accuracies.
 
     Stand-alone (pooled over both folds): SGD members 0-1 9/12, 2-6 6/12, 7-13 3/12;
@@ -141,6 +137,11 @@ def hela_run(tmp_path):
     (b2: R=9, W=19; b3: R=8, W=20).
     """
     return write_run(tmp_path / "hela", "hela", hela_groups(), LABELS)
+
+
+@pytest.fixture
+def hela_run(tmp_path):
+    return write_hela_run(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_parse_spec_both_notations():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("SGD(7) + RMSProp(7)", "unknown optimizer 'rmsprop'"),
+        ("SGD(7) + 2nd(7)", "cannot parse '2nd"),
         ("sgd7", "cannot parse 'sgd7'"),
         ("sgd:0", "asks for 0 members"),
         ("sgd:7+SGD(7)", "names SGD twice"),
@@ -170,6 +171,51 @@ def test_parse_spec_both_notations():
 def test_parse_spec_rejects_bad_input(text, message):
     with pytest.raises(ensemble.EnsembleSpecError, match=message.replace("(", r"\(")):
         ensemble.parse_ensemble_spec(text)
+
+
+def test_group_names_are_checked_for_spelling_only():
+    assert ensemble.optimizer_group(" Cos#1 ") == "cos1"
+    assert ensemble.optimizer_group("RMSProp") == "rmsprop"  # not the paper's; the runs decide
+    for bad in ("2nd", "", "sgd/../x"):
+        with pytest.raises(ensemble.EnsembleSpecError, match="is not an optimizer group name"):
+            ensemble.optimizer_group(bad)
+    spec = ensemble.parse_ensemble_spec("RMSProp(3) + Cos#2(2) + my_opt:1")
+    assert spec.terms == (("rmsprop", 3), ("cos2", 2), ("my_opt", 1))
+    assert spec.label == "rmsprop(3) + Cos#2(2) + my_opt(1)"  # unknown names shown as they are
+    assert ensemble.paper_order(["rmsprop", "cos1", "sgd", "adamw"]) == [
+        "sgd",
+        "cos1",
+        "rmsprop",
+        "adamw",
+    ]
+
+
+def test_specs_are_checked_against_the_groups_the_runs_hold(tmp_path):
+    # A group the paper does not have is an ordinary group: it loads, fuses and is shown by
+    # its own name, after the paper's groups; a group the runs lack is named with those held.
+    labels = np.tile([0, 1, 2], 2)
+    all_right = scores_from_correctness(np.ones((2, 6), dtype=bool), labels)
+    all_wrong = scores_from_correctness(np.zeros((3, 6), dtype=bool), labels)
+    run = write_run(tmp_path / "r", "hela", {"rmsprop": all_wrong, "dgrad": all_right}, labels)
+    datasets = ensemble.load_runs([run])
+    assert list(datasets["hela"].groups) == ["dgrad", "rmsprop"]
+    (entry,) = ensemble.table2(datasets, ["RMSProp(3)"])
+    assert entry.result.metrics.accuracy == 0.0 and entry.spec.label == "rmsprop(3)"
+    with pytest.raises(
+        ensemble.EnsembleSpecError,
+        match=r"has no 'adamw' scores; its groups are \['dgrad', 'rmsprop'\]",
+    ):
+        ensemble.table2(datasets, ["dgrad:2 + adamw:1"])
+    with pytest.raises(
+        ensemble.EnsembleSpecError,
+        match=r"has no Cos#1 \(cos1\) scores; its groups are \['dgrad', 'rmsprop'\]",
+    ):
+        ensemble.evaluate_ensemble(datasets["hela"], ensemble.parse_ensemble_spec("Cos#1(7)"))
+    rows = ensemble.table1(ensemble.member_results(datasets["hela"]))
+    markdown = ensemble.table1_markdown(rows)
+    assert markdown.index("| DGrad |") < markdown.index("| rmsprop |")
+    assert "| rmsprop(3) + DGrad(2) |" not in ensemble.runs_markdown(datasets)
+    assert "| DGrad(2) + rmsprop(3) |" in ensemble.runs_markdown(datasets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +281,37 @@ def test_fuse_leaves_out_invalid_members():
         ensemble.fuse(scores, "max")
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_sum_rule_accuracy_against_a_numpy_reference(seed):
+    # Second implementation: the trainer's former formula, argmax of the summed scores.
+    rng = np.random.default_rng(seed)
+    scores = rng.dirichlet(np.ones(4), size=(5, 40))
+    labels = rng.integers(0, 4, size=40)
+    expected = (scores.sum(0).argmax(-1) == labels).mean()
+    assert ensemble.sum_rule_accuracy(scores, labels) == expected
+    # Members left out per sample: sum over the valid ones only.
+    valid = rng.random((5, 40)) < 0.6
+    valid[0] = True
+    masked = np.where(valid[..., None], scores, 0.0)
+    assert ensemble.sum_rule_accuracy(scores, labels, valid=valid) == (
+        (masked.sum(0).argmax(-1) == labels).mean()
+    )
+
+
+def test_sum_rule_accuracy_by_hand_and_without_members():
+    # HAND_SCORES: sum rule right on both samples; the vote wrong on sample 0.
+    assert ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS) == 1.0
+    assert math.isnan(ensemble.sum_rule_accuracy(np.zeros((0, 2, 2)), HAND_LABELS))
+    no_member_for_sample_1 = np.array([[True, False]] * 3)
+    assert math.isnan(
+        ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=no_member_for_sample_1)
+    )
+    with pytest.raises(ValueError, match=r"labels \[n_samples\]; got \(3, 2, 2\) and \(3,\)"):
+        ensemble.sum_rule_accuracy(HAND_SCORES, np.array([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"valid has shape \(2, 2\); expected \(3, 2\)"):
+        ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=np.ones((2, 2), bool))
+
+
 # --------------------------------------------------------------------------------------------
 # Metrics.
 
@@ -287,6 +364,17 @@ def test_pairwise_disagreement_by_hand():
     # Over samples both hold: (0,1) 1/4, (0,2) 1/3 (samples 1..3), (1,2) 0.
     assert ensemble.pairwise_disagreement(predictions, valid) == pytest.approx((1 / 4 + 1 / 3) / 3)
     assert math.isnan(ensemble.pairwise_disagreement(predictions[:1]))
+
+
+def test_accuracy_mean_and_std_by_hand():
+    # 0.5, 0.75, 1.0: mean .75; squared deviations .0625 + 0 + .0625 over n - 1 = 2.
+    assert ensemble.accuracy_mean_and_std([0.5, 0.75, 1.0]) == (0.75, 0.25)
+    assert ensemble.accuracy_mean_and_std(np.array([0.2, 0.4])) == pytest.approx(
+        (0.3, math.sqrt(0.02))
+    )
+    mean, std = ensemble.accuracy_mean_and_std([0.9])
+    assert mean == 0.9 and math.isnan(std)  # one member: no spread to estimate, not 0
+    assert all(math.isnan(v) for v in ensemble.accuracy_mean_and_std([]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,167 +537,6 @@ def test_all_members_diverged_in_a_fold_is_an_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Bad input.
-
-
-def _fold_file(run, fold=0, optimizer="sgd"):
-    return run / "scores" / f"fold{fold}" / f"{optimizer}.npz"
-
-
-def test_labels_disagreeing_between_groups_of_a_fold(hela_run):
-    path = _fold_file(hela_run, 1, "dgrad")
-    with np.load(path) as archive:
-        arrays = dict(archive)
-    arrays["labels"] = (arrays["labels"] + 1) % 3
-    np.savez(path, **arrays)
-    with pytest.raises(
-        ensemble.ScoreFileError, match=r"fold1/dgrad.npz and .*fold1/sgd.npz disagree on 'labels'"
-    ):
-        ensemble.load_run(hela_run)
-
-
-def test_class_names_disagreeing_across_folds(tmp_path):
-    run = write_run(tmp_path / "r", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
-    scores = hela_groups()["sgd"][:, 6:]
-    write_score_file(
-        _fold_file(run, 1),
-        scores,
-        LABELS[6:],
-        np.arange(6, 12),
-        "sgd",
-        1,
-        "hela",
-        class_names=("a", "b", "x"),
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError,
-        match=r"fold1/sgd.npz and .*fold0/sgd.npz disagree on 'class_names'",
-    ):
-        ensemble.load_run(run)
-
-
-def test_a_sample_in_two_folds(tmp_path):
-    run = write_run(tmp_path / "r", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
-    scores = hela_groups()["sgd"][:, 6:]
-    write_score_file(_fold_file(run, 1), scores, LABELS[6:], np.arange(5, 11), "sgd", 1, "hela")
-    with pytest.raises(ensemble.ScoreFileError, match="both hold test index 5"):
-        ensemble.load_run(run)
-
-
-def test_malformed_and_truncated_score_files(hela_run):
-    path = _fold_file(hela_run)
-    content = path.read_bytes()
-    path.write_bytes(content[: len(content) // 2])
-    with pytest.raises(ensemble.ScoreFileError, match=r"fold0/sgd.npz: .*(malformed or truncated)"):
-        ensemble.load_run(hela_run)
-    path.write_bytes(b"these are not scores")
-    with pytest.raises(ensemble.ScoreFileError, match=r"fold0/sgd.npz: not a readable .npz"):
-        ensemble.read_score_file(path)
-    np.save(path.with_suffix(".npy"), np.zeros(3))
-    path.with_suffix(".npy").rename(path)
-    with pytest.raises(ensemble.ScoreFileError, match="not an .npz archive"):
-        ensemble.read_score_file(path)
-
-
-def test_missing_keys(tmp_path):
-    path = write_score_file(
-        tmp_path / "sgd.npz",
-        np.full((2, 3, 3), 1 / 3),
-        [0, 1, 2],
-        [0, 1, 2],
-        "sgd",
-        0,
-        "hela",
-        drop=("diverged", "class_names"),
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError, match=r"sgd.npz: missing keys \['class_names', 'diverged'\]"
-    ):
-        ensemble.read_score_file(path)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"scores": np.full((2, 3, 3), 2.0)}, "member 0's scores are not softmax probabilities"),
-        (
-            {"scores": np.full((2, 3, 3), np.nan)},
-            "member 0 has non-finite scores but is not marked diverged",
-        ),
-        ({"labels": [0, 1, 3]}, r"labels \[3\] outside the 3 classes"),
-        ({"labels": [0.0, 1.0, 2.0]}, "'labels' must be integer"),
-        ({"test_indices": [0, 1, 1]}, "'test_indices' must be distinct"),
-        ({"diverged": [False]}, r"'diverged' must be bool \[2\]"),
-        ({"class_names": ("a", "b")}, r"'class_names' must be unicode \[3\]"),
-    ],
-)
-def test_bad_score_file_contents(tmp_path, change, message):
-    arguments = {
-        "scores": np.full((2, 3, 3), 1 / 3),
-        "labels": [0, 1, 2],
-        "test_indices": [0, 1, 2],
-    }
-    arguments.update(change)
-    path = write_score_file(
-        tmp_path / "dgrad.npz", optimizer="dgrad", fold=0, dataset="hela", **arguments
-    )
-    with pytest.raises(ensemble.ScoreFileError, match=f"dgrad.npz: {message}"):
-        ensemble.read_score_file(path)
-
-
-def test_score_files_disagreeing_with_the_run(hela_run):
-    config = hela_run / "config.json"
-    scores = hela_groups()["dgrad"][:, 6:]
-    write_score_file(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "bg"
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError,
-        match=r"fold1/dgrad.npz and .*fold1/sgd.npz name different data sets: 'bg' vs 'hela'",
-    ):
-        ensemble.load_run(hela_run)
-    write_score_file(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 0, "hela"
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError,
-        match=r"fold1/dgrad.npz: holds optimizer='dgrad' fold=0; its place says 'dgrad', fold 1",
-    ):
-        ensemble.load_run(hela_run)
-    write_score_file(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "hela"
-    )
-    config.write_text(
-        json.dumps({"dataset": "hela", "seed": 0, "optimizers": {"sgd": 14, "dgrad": 8, "cos1": 7}})
-    )
-    with pytest.raises(ensemble.ScoreFileError, match="dgrad.npz: 7 members; config.json says 8"):
-        ensemble.load_run(hela_run)
-    config.write_text(
-        json.dumps(
-            {
-                "dataset": "hela",
-                "seed": 0,
-                "optimizers": {"sgd": 14, "dgrad": 7, "cos1": 7, "adam": 7},
-            }
-        )
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError, match="fold0/adam.npz: missing; config.json lists 'adam'"
-    ):
-        ensemble.load_run(hela_run)
-    config.write_text(
-        json.dumps({"dataset": "hela", "seed": 0, "optimizers": {"sgd": 14, "dgrad": 7}})
-    )
-    with pytest.raises(
-        ensemble.ScoreFileError, match=r"score files \['cos1'\] for groups not in config.json"
-    ):
-        ensemble.load_run(hela_run)
-    config.write_text("{")
-    with pytest.raises(ensemble.ScoreFileError, match="config.json: not valid JSON"):
-        ensemble.load_run(hela_run)
-
-
-# --------------------------------------------------------------------------------------------
 # Plots and CLI.
 
 
@@ -629,7 +556,7 @@ def test_cli_end_to_end(hela_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| SGD(7) | 75.00 |" in printed
     assert "| SGD | 41.07 ± " in printed
-    assert "| Adam(7) | n/a |" in printed
+    assert "| Adam(7) |" not in printed  # not servable: named under the table instead
     assert "| hela | DGrad | 7 | 53.57 | " in printed  # stand-alone mean: (9 + 6 * 6) / 12 / 7
 
     with (out / "table1.csv").open() as file:
@@ -655,6 +582,134 @@ def test_cli_end_to_end(hela_run, tmp_path, capsys):
     for name in ("accuracy_vs_size.png", "reliability.png", "cyclic_factors.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert (out / "tables.md").read_text().strip() == printed.strip()
+
+
+HELA_UNSERVED = (
+    "Adam(7), diffGrad(7), Cos#2(7), DGrad(7) + Cos#1(7) + Cos#2(7), "
+    "DGrad(7) + Cos#1(7) + diffGrad(7), DGrad(14), DGrad(14) + Cos#1(7), "
+    "SGD(14) + DGrad(7) + Cos#1(7) + diffGrad(7)"
+)
+
+
+def test_default_table2_shows_the_rows_the_run_serves(hela_run, tmp_path, capsys):
+    # hela_run holds SGD(14), DGrad(7), Cos#1(7): 7 of the paper's 15 rows can be served.
+    out = tmp_path / "out"
+    assert ensemble.main([str(hela_run), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    section = printed[printed.index("## Table 2") : printed.index("## Ensemble metrics")]
+    rows = [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "Ensemble",
+        "DGrad(7)",
+        "Cos#1(7)",
+        "DGrad(7) + Cos#1(7)",
+        "SGD(14)",
+        "SGD(7)",
+        "SGD(7) + DGrad(7)",
+        "SGD(14) + DGrad(7) + Cos#1(7)",
+    ]
+    assert "n/a" not in section
+    unserved = [line for line in section.splitlines() if line.startswith("Not served")]
+    assert unserved == [f"Not served by these runs (each reason in table2.csv): {HELA_UNSERVED}."]
+    with (out / "table2.csv").open() as file:
+        table2 = {row["ensemble"]: row for row in __import__("csv").DictReader(file)}
+    assert list(table2) == [
+        ensemble.parse_ensemble_spec(s).label for s in ensemble.PAPER_TABLE2_ENSEMBLES
+    ]
+    for label in HELA_UNSERVED.split(", "):
+        assert table2[label]["accuracy"] == "" and table2[label]["unavailable"], label
+    assert "has no Adam (adam) scores" in table2["Adam(7)"]["unavailable"]
+    assert "asks for 14 DGrad members" in table2["DGrad(14)"]["unavailable"]
+
+
+def test_table2_cell_that_one_data_set_lacks_keeps_its_reason(hela_run, tmp_path):
+    bg_run = write_run(tmp_path / "bg", "bg", {"sgd": hela_groups()["sgd"][:7]}, LABELS)
+    entries = ensemble.table2(ensemble.load_runs([hela_run, bg_run]))
+    markdown = ensemble.table2_markdown(entries)
+    assert "| SGD(7) | 75.00 | 75.00 |" in markdown
+    assert "| SGD(14) | 50.00 | n/a |" in markdown
+    assert "- n/a (bg): SGD(14): asks for 14 SGD members" in markdown
+    assert markdown.count("Not served by these runs") == 1
+    assert "| Adam(7) |" not in markdown
+
+
+@pytest.fixture
+def first_member_diverged_run(tmp_path):
+    """SGD(2) healthy; DGrad(3) with member 0 diverged in fold 1; Cos#2(1) diverged in fold 0.
+
+    Six samples, labels 0 1 2 0 1 2, folds of three. DGrad: member 0 right everywhere (NaN in
+    fold 1), member 1 right on fold 0 only, member 2 right on sample 3 only. Sum rule (right
+    where W < 3R): k=1 cannot be fused (fold 1 has no member); k=2: fold 0 right, fold 1
+    wrong = 3/6; k=3: fold 0 (R=2, W=1) right, fold 1 only sample 3 (R=1, W=1) = 4/6.
+    """
+    labels = LABELS[:6]
+    dgrad_correct = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], bool)
+    dgrad = scores_from_correctness(dgrad_correct, labels)
+    dgrad[0, 3:] = np.nan
+    cos2 = scores_from_correctness(np.ones((1, 6), dtype=bool), labels)
+    cos2[0, :3] = np.nan
+    groups = {
+        "sgd": scores_from_correctness(np.ones((2, 6), dtype=bool), labels),
+        "dgrad": dgrad,
+        "cos2": cos2,
+    }
+    diverged = {
+        "dgrad": np.array([[False, True], [False, False], [False, False]]),
+        "cos2": np.array([[True, False]]),
+    }
+    return write_run(tmp_path / "div", "hela", groups, labels, diverged=diverged)
+
+
+def test_diverged_first_member_skips_unfusable_sizes(first_member_diverged_run):
+    data = ensemble.load_run(first_member_diverged_run)
+    accuracies = ensemble.accuracy_by_ensemble_size(data, "dgrad")
+    np.testing.assert_allclose(accuracies, [np.nan, 3 / 6, 4 / 6])
+    assert np.isnan(ensemble.accuracy_by_ensemble_size(data, "cos2")).all()
+    np.testing.assert_array_equal(ensemble.accuracy_by_ensemble_size(data, "sgd"), [1.0, 1.0])
+    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("dgrad:1")) == 1
+    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("dgrad:2")) is None
+    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("cos2:1+dgrad:1")) is None
+    assert ensemble.size_curve_label("dgrad", accuracies) == (
+        "DGrad (k=1 skipped: all diverged in a fold)"
+    )
+    assert ensemble.size_curve_label("sgd", np.ones(2)) == "SGD"
+    assert ensemble.size_curve_label("x", np.array([np.nan, np.nan, 1.0])) == (
+        "x (k=1..2 skipped: all diverged in a fold)"
+    )
+
+
+def test_cli_plots_a_run_whose_first_member_diverged(
+    first_member_diverged_run, tmp_path, capsys, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    saved = {}
+    original_savefig = Figure.savefig
+
+    def recording_savefig(figure, path, *args, **kwargs):
+        saved[Path(path).name] = figure
+        return original_savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    out = tmp_path / "out"
+    assert ensemble.main([str(first_member_diverged_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| DGrad(3) | 66.67 †1 |" in printed
+    for name in ("accuracy_vs_size.png", "reliability.png", "cyclic_factors.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    def legend(name):
+        (axis,) = saved[name].axes
+        return [text.get_text() for text in axis.get_legend().get_texts()]
+
+    assert legend("accuracy_vs_size.png") == [
+        "SGD",
+        "DGrad (k=1 skipped: all diverged in a fold)",
+        "Cos#2 (k=1 skipped: all diverged in a fold)",
+    ]
+    reliability = legend("reliability.png")
+    assert reliability[0].startswith("SGD(2) ECE ") and reliability[1].startswith("DGrad(3) ECE ")
+    assert reliability[2] == "Cos#2(1): all diverged in fold 0"
 
 
 def test_cli_errors_and_help(hela_run, tmp_path, capsys):
@@ -701,40 +756,6 @@ def test_cli_as_a_script_from_another_directory(hela_run, tmp_path):
     assert (tmp_path / "out" / "report.json").exists()
 
 
-def test_a_run_of_some_folds(tmp_path):
-    # Only fold 1 of a two-fold protocol was trained; member 0 diverged there.
-    scores = hela_groups()["dgrad"]
-    diverged = {"dgrad": np.zeros((7, 2), dtype=bool)}
-    diverged["dgrad"][0, 1] = True
-    run = write_run(tmp_path / "r", "hela", {"dgrad": scores}, LABELS, diverged=diverged, folds=[1])
-    # An unfinished write of the trainer is not a score file.
-    (run / "scores" / "fold1" / "dgrad.npz.partial.npz").write_bytes(b"cut short")
-    data = ensemble.load_run(run)
-    assert data.folds == (1,)
-    np.testing.assert_array_equal(data.test_indices, np.arange(6, 12))
-    result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("DGrad(7)"))
-    assert result.left_out == (ensemble.LeftOutMember("dgrad", 0, 1),)
-    # Members 1-6 on blocks b2 (right) and b3 (wrong): 3/6.
-    assert result.metrics.accuracy == pytest.approx(0.5)
-    assert ensemble.member_results(data)[0].diverged_folds == (1,)
-
-    config = json.loads((run / "config.json").read_text())
-    config["folds"] = [0, 1]
-    (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        ensemble.ScoreFileError, match=r"holds folds \[1\]; config.json's 'folds' says \[0, 1\]"
-    ):
-        ensemble.load_run(run)
-
-    config["folds"] = [1]
-    (run / "config.json").write_text(json.dumps(config))
-    other = write_run(tmp_path / "o", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
-    with pytest.raises(
-        ensemble.ScoreFileError, match=r"trained different folds: \[0, 1\] vs \[1\]"
-    ):
-        ensemble.load_runs([other, run])
-
-
 def test_default_table2_adds_the_trained_groups(tmp_path):
     labels = np.tile([0, 1, 2], 4)
     rng = np.random.default_rng(0)
@@ -750,3 +771,13 @@ def test_default_table2_adds_the_trained_groups(tmp_path):
         fused = (members.sum(0).argmax(-1) == labels).mean()
         assert entries[label].result.metrics.accuracy == pytest.approx(fused), label
     assert entries["Adam(7)"].result is None  # the paper's rows come first, n/a here
+
+
+@pytest.mark.parametrize("name", ["fusion", "specs", "tables"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"ensembling.{name}")
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, name
