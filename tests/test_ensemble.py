@@ -781,3 +781,11 @@ def test_docstring_examples(name):
     module = importlib.import_module(f"ensembling.{name}")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, name
+
+
+def test_docs_page_describes_every_flag():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "ensembles.md").read_text()
+    table = page[page.index("## Command line") : page.index("## Decisions")]
+    for action in ensemble.build_parser()._actions:
+        for flag in action.option_strings or [action.metavar]:
+            assert f"`{flag}" in table, flag
