@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import traverse_util
+from pretrained_exporters import save_torchvision_safetensors, torchvision_state_dict
 
 from models import get_model
 from models.pretrained import (
@@ -24,8 +25,6 @@ from models.pretrained import (
     load_keras_h5_weights,
     load_pretrained,
     load_torchvision_weights,
-    save_torchvision_safetensors,
-    torchvision_state_dict,
 )
 
 # Keras' own variables warn on NumPy 2 conversion; that is Keras' business, not ours.
