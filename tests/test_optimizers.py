@@ -1,4 +1,5 @@
-"""Tests of optax_dgrad's optimizers against a NumPy reference written from DESIGN.md."""
+"""Tests of optax_dgrad's optimizers against the NumPy reference written from the formulas
+(optax_dgrad.testing, the specification in docs/optimizers.md)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import optax_dgrad
+from optax_dgrad.testing import cyclic_decay as np_cyclic_decay
+from optax_dgrad.testing import reference_directions
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 FAMILY = ("dgrad", "cos1", "cos2")
@@ -20,53 +23,6 @@ SHAPES = {"scalar": (), "vector": (5,), "conv": (3, 3, 2, 4)}
 
 def np_sigmoid(x):
     return 1 / (1 + np.exp(-x))
-
-
-def np_cyclic_decay(t, period):
-    return np.abs(np.cos(np.pi * t / period)) * np.exp(-0.01 * (np.mod(t, period) + 1))
-
-
-def reference_directions(name, grads_per_step, period=30, normalization="leaf"):
-    """u_t of every step, straight from DESIGN.md's formulas, in float64 NumPy.
-
-    grads_per_step: list over steps of dicts of arrays. Returns a list of dicts.
-    """
-    keys = list(grads_per_step[0])
-    mu = {k: np.zeros_like(grads_per_step[0][k], np.float64) for k in keys}
-    nu = {k: np.zeros_like(mu[k]) for k in keys}
-    prev = {k: np.zeros_like(mu[k]) for k in keys}
-    directions = []
-    for t, grads in enumerate(grads_per_step, start=1):
-        g = {k: np.asarray(grads[k], np.float64) for k in keys}
-        for k in keys:
-            mu[k] = B1 * mu[k] + (1 - B1) * g[k]
-            nu[k] = B2 * nu[k] + (1 - B2) * g[k] ** 2
-        diff = {k: np.abs(g[k] - nu[k]) for k in keys}
-        if normalization == "tree":
-            tree_max = max(float(d.max()) for d in diff.values() if d.size)
-            maxes = dict.fromkeys(keys, tree_max)
-        else:
-            maxes = {k: float(d.max()) if d.size else 0.0 for k, d in diff.items()}
-        r = np_cyclic_decay(t, period)
-        c = 2 - r
-        a = 9e-4 if abs(r) < 1e-6 else r
-        step = {}
-        for k in keys:
-            d_hat = diff[k] / maxes[k] if maxes[k] > 0 else np.zeros_like(diff[k])
-            if name == "diffgrad":
-                xi = np_sigmoid(np.abs(prev[k] - g[k]))
-            elif name == "dgrad":
-                xi = np_sigmoid(4 * d_hat)
-            elif name == "cos1":
-                xi = np_sigmoid(4 * c * d_hat)
-            else:
-                xi = np_sigmoid(2 * c * d_hat) + np_sigmoid(4 * a) - 0.5
-            m_hat = mu[k] / (1 - B1**t)
-            v_hat = nu[k] / (1 - B2**t)
-            step[k] = xi * m_hat / (np.sqrt(v_hat) + EPS)
-            prev[k] = g[k]
-        directions.append(step)
-    return directions
 
 
 def scale_by(name, **kwargs):
@@ -423,9 +379,11 @@ def test_sharded_params_give_sharded_state(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_no_recompilation_between_steps(name):
     optimizer = getattr(optax_dgrad, name)(learning_rate=0.1)
+    traces = []
 
     @jax.jit
     def step(params, state, grads):
+        traces.append(1)  # runs once per trace, so once per compilation
         updates, state = optimizer.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -434,7 +392,7 @@ def test_no_recompilation_between_steps(name):
     for i in range(5):
         grads = jax.tree.map(lambda p, i=i: p * 0 + (i - 2.0), params)
         params, state = step(params, state, grads)
-    assert step._cache_size() == 1
+    assert len(traces) == 1
 
 
 # ---------------------------------------------------------------------------- edge cases
@@ -514,12 +472,203 @@ def test_leaf_max_abs_difference_matches_numpy(shape):
     np.testing.assert_array_equal(np.asarray(actual), expected)
 
 
-def test_leaf_max_abs_difference_mixed_dtypes_and_nan():
+def test_leaf_max_abs_difference_mixed_dtypes_and_non_finite():
     from optax_dgrad._src.dgrad import _leaf_max_abs_difference
 
     g = jnp.array([0.5, -3.0, 2.0], jnp.bfloat16)
     v = jnp.array([0.25, 0.5, 2.0], jnp.float32)  # largest |g - v| from a negative g - v
     assert float(_leaf_max_abs_difference(g, v)) == 3.5
     assert _leaf_max_abs_difference(g, v).dtype == jnp.float32
-    with_nan = jnp.array([1.0, jnp.nan, -2.0])
-    assert np.isnan(float(_leaf_max_abs_difference(with_nan, jnp.zeros(3))))
+    with_non_finite = jnp.array([1.0, jnp.nan, -2.0, jnp.inf, -jnp.inf])
+    assert float(_leaf_max_abs_difference(with_non_finite, jnp.zeros(5))) == 2.0
+    assert float(_leaf_max_abs_difference(jnp.full(3, jnp.nan), jnp.zeros(3))) == 0.0
+    assert float(_leaf_max_abs_difference(jnp.array(jnp.inf), jnp.array(1.0))) == 0.0
+
+
+# ---------------------------------------------------------------- optax's common checks
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_dgrad_family_state_is_adams(name):
+    transform = scale_by(name)
+    state = transform.init({"w": jnp.ones(3)})
+    assert type(state) is optax.ScaleByAdamState
+    assert optax_dgrad.DGradState is optax.ScaleByAdamState  # the old name keeps working
+    _, state = transform.update({"w": jnp.array([1.0, -2.0, 0.5])}, state)
+    assert int(optax.tree.get(state, "count")) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tree_map_params(name):
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1, weight_decay=1e-4)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    state = optimizer.init(params)
+    # A no-op map keeps the state; a map to per-parameter labels replaces every
+    # params-shaped field (mu, nu, prev_grad) and leaves the count alone.
+    same = optax.tree.map_params(optimizer, lambda v: v, state)
+    assert jax.tree.structure(same) == jax.tree.structure(state)
+    labels = optax.tree.map_params(
+        optimizer, lambda v: f"{v.shape}", state, transform_non_params=lambda _: "other"
+    )
+    scale_state = labels[1]
+    fields = ("mu", "nu", "prev_grad") if name == "diffgrad" else ("mu", "nu")
+    for field in fields:
+        assert getattr(scale_state, field) == {"w": "(2, 3)", "b": "(3,)"}, field
+    assert scale_state.count == "other"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_extra_update_arguments_as_in_optax(name):
+    # As optax's aliases: the chained optimizer accepts and ignores keyword arguments meant
+    # for other transforms, under jit; a bare scale_by_* rejects them, as
+    # optax.scale_by_adam does.
+    optimizer = getattr(optax_dgrad, name)(learning_rate=0.1)
+    params = jnp.array([1.0, -2.0])
+    state = optimizer.init(params)
+    plain, _ = optimizer.update(params, state, params)
+    extra, _ = jax.jit(
+        lambda g, s, p: optimizer.update(g, s, p, unexpected_extra_arg=1)
+    )(params, state, params)
+    np.testing.assert_allclose(extra, plain, rtol=1e-6)
+    transform = scale_by(name)
+    with pytest.raises(TypeError, match="unexpected_extra_arg"):
+        transform.update(params, transform.init(params), None, unexpected_extra_arg=1)
+    adam = optax.scale_by_adam()
+    with pytest.raises(TypeError, match="unexpected_extra_arg"):
+        adam.update(params, adam.init(params), None, unexpected_extra_arg=1)
+
+
+# ---------------------------------------------------------- donated step and prev_grad
+
+
+def donated_step(optimizer):
+    def step(params, state, grads):
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def test_diffgrad_prev_grad_equals_the_received_gradient():
+    # prev_grad is stored as g + 0 * u (u's non-finite entries masked): it must equal g
+    # exactly, also where g or the update is not finite.
+    optimizer = optax_dgrad.diffgrad(learning_rate=0.1)
+    params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.zeros(())}
+    state = optimizer.init(params)
+    step = donated_step(optimizer)
+    steps = [
+        {"w": np.array([0.5, -1.0, 2.0, 0.0, 3e-3, -7.0], np.float32), "b": np.float32(1.0)},
+        {"w": np.array([np.nan, np.inf, -np.inf, 0.0, 1e30, -2.0], np.float32),
+         "b": np.float32(np.nan)},
+        {"w": np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], np.float32), "b": np.float32(-0.5)},
+    ]
+    for grads in steps:
+        params, state = step(params, state, jax.tree.map(jnp.asarray, grads))
+        for k in grads:
+            np.testing.assert_array_equal(state[0].prev_grad[k], grads[k], err_msg=k)
+
+
+def test_diffgrad_prev_grad_with_a_nan_update():
+    # eps = 0 and a zero gradient give u = 0 / 0 = NaN (as in Adam); prev_grad is still g.
+    transform = optax_dgrad.scale_by_diffgrad(eps=0.0)
+    grads = jnp.array([0.0, 2.0])
+    updates, state = jax.jit(transform.update)(grads, transform.init(grads))
+    assert np.isnan(updates[0]) and np.isfinite(updates[1])
+    np.testing.assert_array_equal(state.prev_grad, grads)
+
+
+def test_diffgrad_donated_step_needs_no_scratch_copy():
+    # Without the data dependence of prev_grad on the update, XLA:CPU copied the old
+    # prev_grad to scratch memory (a whole tree's worth) on every donated step.
+    optimizer = optax_dgrad.diffgrad(learning_rate=0.1)
+    params = {"w": jnp.ones((256, 256)), "v": jnp.ones((128, 512))}
+    state = optimizer.init(params)
+    compiled = donated_step(optimizer).lower(params, state, params).compile()
+    leaf_bytes = 256 * 256 * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < leaf_bytes // 4
+
+
+# ---------------------------------------------------------------- non-finite gradients
+
+
+@pytest.mark.parametrize(("name", "normalization"), NAME_AND_NORMALIZATION)
+def test_non_finite_entry_harms_only_itself(name, normalization):
+    kwargs = {} if name == "diffgrad" else {"normalization": normalization}
+    grads = random_grads(5, np.float32, seed=13)
+    grads[1]["conv"][0, 0, 0, 0] = np.nan
+    grads[2]["vector"][3] = np.inf
+    grads[3]["scalar"] = np.float32(-np.inf)
+    updates, _ = run_scanned(scale_by(name, **kwargs), grads)
+    # The reference takes max D over the finite entries; every finite entry must match it.
+    expected = reference_directions(name, grads, normalization=normalization)
+    bad = {"conv": (0, 0, 0, 0), "vector": (3,), "scalar": ()}
+    first_bad_step = {"conv": 1, "vector": 2, "scalar": 3}
+    for t, (actual, reference) in enumerate(zip(updates, expected, strict=True)):
+        for k in SHAPES:
+            a, r = np.asarray(actual[k], np.float64), reference[k]
+            if t >= first_bad_step[k]:
+                assert np.isnan(a[bad[k]]), (name, t, k)  # the entry itself is lost, as in Adam
+                mask = np.ones(a.shape, bool)
+                mask[bad[k]] = False
+                a, r = a[mask], r[mask]
+            np.testing.assert_allclose(a, r, rtol=2e-5, atol=1e-6, err_msg=f"{name} {t} {k}")
+    if name != "diffgrad":
+        # Not sigmoid(0) = 0.5 for the rest of the leaf: the friction still varies with D.
+        last = np.asarray(updates[-1]["conv"]).ravel()[1:]
+        adam = reference_directions("adam", grads)[-1]["conv"].ravel()[1:]
+        friction = last / adam
+        assert friction.max() - friction.min() > 0.05, friction
+
+
+# ---------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.complex64, jnp.bool_])
+def test_non_float_parameters_raise_type_error(name, dtype):
+    params = {"w": jnp.ones(3), "layer": {"kernel": jnp.ones((2, 2), dtype)}}
+    dtype_name = np.dtype(dtype).name
+    for optimizer in (getattr(optax_dgrad, name)(0.1), scale_by(name)):
+        with pytest.raises(TypeError, match=rf"\['layer'\]\['kernel'\] has dtype {dtype_name}"):
+            optimizer.init(params)
+    transform = scale_by(name)
+    state = transform.init({"w": jnp.ones(3)})
+    with pytest.raises(TypeError, match=rf"gradient leaf \['w'\] has dtype {dtype_name}"):
+        transform.update({"w": jnp.ones(3, dtype)}, state)
+
+
+# ---------------------------------------------------------- non-finite hyperparameters
+
+
+HYPERPARAMETERS = ("learning_rate", "b1", "b2", "eps", "weight_decay")
+NAME_AND_HYPERPARAMETER = [(name, argument) for name in NAMES for argument in HYPERPARAMETERS] + [
+    (name, "period") for name in ("cos1", "cos2")
+]
+
+
+@pytest.mark.parametrize(("name", "argument"), NAME_AND_HYPERPARAMETER)
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_hyperparameters_raise(name, argument, value):
+    with pytest.raises(ValueError, match=rf"`{argument}` must be finite, got {argument}="):
+        getattr(optax_dgrad, name)(**{argument: value})
+    if argument not in ("learning_rate", "weight_decay"):
+        with pytest.raises(ValueError, match=rf"`{argument}` must be finite"):
+            scale_by(name, **{argument: value})
+
+
+def test_non_finite_cyclic_period_raises():
+    with pytest.raises(ValueError, match="`period` must be finite, got period=inf"):
+        optax_dgrad.cyclic_decay(3, period=float("inf"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_injected_hyperparameters_checked_at_init_traced_unchecked(name):
+    optimizer = optax.inject_hyperparams(getattr(optax_dgrad, name))(learning_rate=np.inf)
+    with pytest.raises(ValueError, match="`learning_rate` must be finite"):
+        optimizer.init(jnp.ones(2))
+    # Inside jit the injected value is traced: the update runs with it, unchecked.
+    optimizer = optax.inject_hyperparams(getattr(optax_dgrad, name))(learning_rate=0.1)
+    state = optimizer.init(jnp.ones(2))
+    state.hyperparams["learning_rate"] = jnp.asarray(np.inf)
+    updates, _ = jax.jit(optimizer.update)(jnp.array([1.0, -1.0]), state, jnp.ones(2))
+    assert np.all(np.isinf(updates))

@@ -7,7 +7,12 @@ params`` is added to the gradient before the moments are updated (MATLAB's
 term is left out, so ``update`` then needs no ``params``. Under
 :func:`optax.inject_hyperparams` ``weight_decay`` becomes an array whose value can change,
 so the term is always kept and ``update`` needs ``params`` (or pass
-``static_args="weight_decay"``).
+``static_args="weight_decay"``). Like optax's aliases, the result is an
+:class:`optax.GradientTransformationExtraArgs`: its ``update`` accepts and ignores extra
+keyword arguments meant for other transforms of a chain.
+
+The interpretation choices, the handling of non-finite gradients and of non-float dtypes,
+and the references are in the package documentation, :mod:`optax_dgrad`.
 """
 
 from typing import Any
@@ -47,8 +52,7 @@ def diffgrad(
         \theta_t = \theta_{t-1} - \eta \, \sigma(|g_{t-1} - g_t|) \,
                    \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
 
-    with :math:`g_0 = 0`. See :func:`optax_dgrad.scale_by_diffgrad` for the details and the
-    choices we made where the paper is ambiguous.
+    with :math:`g_0 = 0` (:func:`optax_dgrad.scale_by_diffgrad`).
 
     Args:
         learning_rate: step size :math:`\eta` >= 0, a float or an optax schedule.
@@ -56,16 +60,16 @@ def diffgrad(
         b2: decay rate of the second moment, in [0, 1).
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         weight_decay: coupled L2 factor >= 0: ``weight_decay * params`` is added to the
-            gradient before the moments (MATLAB's ``L2Regularization``). Non-zero values
-            need ``params`` in ``update``.
+            gradient before the moments. Non-zero values need ``params`` in ``update``.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
 
     Returns:
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
-        ValueError: if a hyperparameter is out of range (negative ``learning_rate``,
-            ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside [0, 1)).
+        ValueError: if a hyperparameter is not finite or out of range (negative
+            ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
+            [0, 1)); the message names the argument and its value.
 
     Example:
         >>> import jax
@@ -81,14 +85,6 @@ def diffgrad(
         ...     params = optax.apply_updates(params, updates)
         >>> bool(loss(params) < 1.0)
         True
-
-    References:
-        Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
-        Networks <https://arxiv.org/abs/1909.11015>`_, 2019.
-
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     return _chain(
         learning_rate, weight_decay, diffgrad_lib.scale_by_diffgrad(b1, b2, eps, mu_dtype)
@@ -112,8 +108,9 @@ def dgrad(
                    \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon},
         \qquad \hat D_t = \frac{|g_t - v_t|}{\max |g_t - v_t|}
 
-    (:math:`\hat D_t = 0` where the max is 0). See :func:`optax_dgrad.scale_by_dgrad` for
-    the details and the choices we made where the paper is ambiguous.
+    with :math:`v_t` the biased second moment that already includes :math:`g_t`, the max
+    over the finite entries, and :math:`\hat D_t = 0` where the max is 0
+    (:func:`optax_dgrad.scale_by_dgrad`).
 
     Args:
         learning_rate: step size :math:`\eta` >= 0, a float or an optax schedule.
@@ -121,8 +118,7 @@ def dgrad(
         b2: decay rate of the second moment, in [0, 1).
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         weight_decay: coupled L2 factor >= 0: ``weight_decay * params`` is added to the
-            gradient before the moments (MATLAB's ``L2Regularization``). Non-zero values
-            need ``params`` in ``update``.
+            gradient before the moments. Non-zero values need ``params`` in ``update``.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
             parameter tensor; ``"tree"`` takes it over the whole tree.
@@ -131,9 +127,10 @@ def dgrad(
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
-        ValueError: if a hyperparameter is out of range (negative ``learning_rate``,
-            ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside [0, 1); an unknown
-            ``normalization``).
+        ValueError: if a hyperparameter is not finite or out of range (negative
+            ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
+            [0, 1); an unknown ``normalization``); the message names the argument and its
+            value.
 
     Example:
         >>> import jax
@@ -151,11 +148,6 @@ def dgrad(
         ...     params = optax.apply_updates(params, updates)
         >>> bool(loss(params) < 1.0)
         True
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     return _chain(
         learning_rate,
@@ -182,8 +174,8 @@ def cos1(
                    \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon},
         \qquad c_t = 2 - |\cos(\pi t / P)| \, e^{-0.01 (\operatorname{mod}(t, P) + 1)}
 
-    with DGrad's :math:`\hat D_t`. See :func:`optax_dgrad.scale_by_cos1` for the details
-    and the choices we made where the paper is ambiguous.
+    with DGrad's :math:`\hat D_t` (:func:`optax_dgrad.dgrad`,
+    :func:`optax_dgrad.scale_by_cos1`).
 
     Args:
         learning_rate: step size :math:`\eta` >= 0, a float or an optax schedule.
@@ -191,8 +183,7 @@ def cos1(
         b2: decay rate of the second moment, in [0, 1).
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         weight_decay: coupled L2 factor >= 0: ``weight_decay * params`` is added to the
-            gradient before the moments (MATLAB's ``L2Regularization``). Non-zero values
-            need ``params`` in ``update``.
+            gradient before the moments. Non-zero values need ``params`` in ``update``.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
         period: the period :math:`P` of the cyclic factor, a whole number >= 1.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
@@ -202,9 +193,10 @@ def cos1(
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
-        ValueError: if a hyperparameter is out of range (negative ``learning_rate``,
-            ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside [0, 1); ``period`` not a
-            whole number >= 1; an unknown ``normalization``).
+        ValueError: if a hyperparameter is not finite or out of range (negative
+            ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
+            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``); the
+            message names the argument and its value.
 
     Example:
         >>> import jax
@@ -220,11 +212,6 @@ def cos1(
         ...     params = optax.apply_updates(params, updates)
         >>> bool(loss(params) < 1.0)
         True
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     return _chain(
         learning_rate,
@@ -253,9 +240,8 @@ def cos2(
 
     with DGrad's :math:`\hat D_t`, :math:`c_t = 2 - r_t` and :math:`a_t = r_t`
     (:math:`9 \cdot 10^{-4}` where :math:`|r_t| < 10^{-6}`),
-    :math:`r_t = |\cos(\pi t / P)| \, e^{-0.01 (\operatorname{mod}(t, P) + 1)}`. See
-    :func:`optax_dgrad.scale_by_cos2` for the details and the choices we made where the
-    paper is ambiguous.
+    :math:`r_t = |\cos(\pi t / P)| \, e^{-0.01 (\operatorname{mod}(t, P) + 1)}`
+    (:func:`optax_dgrad.scale_by_cos2`).
 
     Args:
         learning_rate: step size :math:`\eta` >= 0, a float or an optax schedule.
@@ -263,8 +249,7 @@ def cos2(
         b2: decay rate of the second moment, in [0, 1).
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         weight_decay: coupled L2 factor >= 0: ``weight_decay * params`` is added to the
-            gradient before the moments (MATLAB's ``L2Regularization``). Non-zero values
-            need ``params`` in ``update``.
+            gradient before the moments. Non-zero values need ``params`` in ``update``.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
         period: the period :math:`P` of the cyclic factors, a whole number >= 1.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
@@ -274,9 +259,10 @@ def cos2(
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
-        ValueError: if a hyperparameter is out of range (negative ``learning_rate``,
-            ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside [0, 1); ``period`` not a
-            whole number >= 1; an unknown ``normalization``).
+        ValueError: if a hyperparameter is not finite or out of range (negative
+            ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
+            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``); the
+            message names the argument and its value.
 
     Example:
         >>> import jax
@@ -292,11 +278,6 @@ def cos2(
         ...     params = optax.apply_updates(params, updates)
         >>> bool(loss(params) < 1.0)
         True
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     return _chain(
         learning_rate,

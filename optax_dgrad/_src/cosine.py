@@ -1,4 +1,4 @@
-r"""Cos#1 and Cos#2: DGrad with a cyclic, damped friction (Nanni et al. 2021).
+r"""Cos#1 and Cos#2: DGrad with a cyclic, damped friction.
 
 Both keep DGrad's normalised difference :math:`\hat D_t = D_t / \max(D_t)`,
 :math:`D_t = |g_t - v_t|` (see :mod:`optax_dgrad._src.dgrad`), and change the friction:
@@ -8,8 +8,7 @@ Both keep DGrad's normalised difference :math:`\hat D_t = D_t / \max(D_t)`,
     \text{Cos\#1:}\quad \xi_t &= \sigma(4 c_t \hat D_t) \\
     \text{Cos\#2:}\quad \xi_t &= \sigma(2 c_t \hat D_t) + \sigma(4 a_t) - 0.5
 
-with :math:`c_t = 2 - r_t` (equation 15) and :math:`a_t` (equation 17) the cyclic factors
-of :mod:`optax_dgrad._src.cyclic`.
+with :math:`c_t` and :math:`a_t` the cyclic factors of :mod:`optax_dgrad._src.cyclic`.
 """
 
 from collections.abc import Callable
@@ -28,30 +27,11 @@ def scale_by_cos1(
     period: int = 30,
     normalization: str = "leaf",
 ) -> optax.GradientTransformation:
-    r"""Rescale updates by Cos#1 (Nanni et al. 2021, equations 12 to 15).
+    r"""Rescale updates by Cos#1: Adam's direction times :math:`\sigma(4 c_t \hat D_t)`.
 
-    DGrad with the friction :math:`\xi_t = \sigma(4 c_t \hat D_t)`, where
-    :math:`c_t = 2 - r_t` (:func:`optax_dgrad.cos1_coefficient`) cycles with period
-    :math:`P` and :math:`\hat D_t = |g_t - v_t| / \max|g_t - v_t|` (0 where the max is 0):
-
-    .. math::
-
-        r_t &= |\cos(\pi t / P)| \, e^{-0.01 (\operatorname{mod}(t, P) + 1)} \\
-        u_t &= \sigma(4 (2 - r_t) \hat D_t) \; \frac{m_t / (1 - \beta_1^t)}
-               {\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
-
-    Where the paper is ambiguous, we chose:
-
-    - its equation 10 prints :math:`m_t` without a hat; we use the bias-corrected
-      :math:`\hat m_t`, as diffGrad's reference code and MATLAB's ``adamupdate`` do (the
-      paper's code is MATLAB);
-    - its equation 12 subtracts the squared-gradient average from the gradient, as
-      printed; we implement it as printed (:math:`v_t` is the biased average that already
-      includes :math:`g_t`);
-    - its equation 15 as printed is never zero, so the :math:`9 \cdot 10^{-4}` rule only
-      ever acts on equation 17 (:math:`c_t` always uses the raw :math:`r_t`);
-    - "max" in equation 13 is per parameter tensor (the paper's per-layer update); a
-      whole-tree option (``normalization="tree"``) exists for users who want it.
+    The optimizer without its learning rate; see :func:`optax_dgrad.cos1` for the math
+    and :mod:`optax_dgrad` for the interpretation choices, the handling of non-finite
+    gradients and the references.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
@@ -63,11 +43,14 @@ def scale_by_cos1(
             ``"tree"`` takes it over the whole tree.
 
     Returns:
-        An :class:`optax.GradientTransformation` with state :class:`DGradState`.
+        An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
 
     Raises:
-        ValueError: if ``b1`` or ``b2`` is outside [0, 1), ``eps`` is negative, ``period``
-            is not a whole number >= 1 or ``normalization`` is not ``"leaf"`` or ``"tree"``.
+        ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
+            finite, ``period`` is not a whole number >= 1 or ``normalization`` is not
+            ``"leaf"`` or ``"tree"``.
+        TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
+            real floating-point dtype; the message names the leaf and its dtype.
 
     Example:
         >>> import jax.numpy as jnp
@@ -78,11 +61,6 @@ def scale_by_cos1(
         >>> direction, state = transform.update(grads, state)
         >>> direction["w"].shape
         (2,)
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     validation.check_period(period)
 
@@ -96,7 +74,7 @@ def scale_by_cos1(
         return friction
 
     return dgrad.scale_by_normalized_difference(
-        friction_for_step, b1, b2, eps, mu_dtype, normalization
+        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos1"
     )
 
 
@@ -108,32 +86,12 @@ def scale_by_cos2(
     period: int = 30,
     normalization: str = "leaf",
 ) -> optax.GradientTransformation:
-    r"""Rescale updates by Cos#2 (Nanni et al. 2021, equations 12 to 17).
+    r"""Rescale updates by Cos#2: Adam's direction times
+    :math:`\sigma(2 c_t \hat D_t) + \sigma(4 a_t) - 0.5`.
 
-    DGrad with the friction
-    :math:`\xi_t = \sigma(2 c_t \hat D_t) + \sigma(4 a_t) - 0.5`, where
-    :math:`c_t = 2 - r_t` (:func:`optax_dgrad.cos1_coefficient`), :math:`a_t = r_t` except
-    :math:`9 \cdot 10^{-4}` where :math:`|r_t| < 10^{-6}`
-    (:func:`optax_dgrad.cos2_coefficient`) and
-    :math:`\hat D_t = |g_t - v_t| / \max|g_t - v_t|` (0 where the max is 0):
-
-    .. math::
-
-        u_t = \left(\sigma(2 c_t \hat D_t) + \sigma(4 a_t) - 0.5\right)
-              \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
-
-    Where the paper is ambiguous, we chose:
-
-    - its equation 10 prints :math:`m_t` without a hat; we use the bias-corrected
-      :math:`\hat m_t`, as diffGrad's reference code and MATLAB's ``adamupdate`` do (the
-      paper's code is MATLAB);
-    - its equation 12 subtracts the squared-gradient average from the gradient, as
-      printed; we implement it as printed (:math:`v_t` is the biased average that already
-      includes :math:`g_t`);
-    - its equation 15 as printed is never zero, so the :math:`9 \cdot 10^{-4}` rule only
-      ever acts on equation 17 (:math:`c_t` always uses the raw :math:`r_t`);
-    - "max" in equation 13 is per parameter tensor (the paper's per-layer update); a
-      whole-tree option (``normalization="tree"``) exists for users who want it.
+    The optimizer without its learning rate; see :func:`optax_dgrad.cos2` for the math
+    and :mod:`optax_dgrad` for the interpretation choices, the handling of non-finite
+    gradients and the references.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
@@ -145,11 +103,14 @@ def scale_by_cos2(
             ``"tree"`` takes it over the whole tree.
 
     Returns:
-        An :class:`optax.GradientTransformation` with state :class:`DGradState`.
+        An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
 
     Raises:
-        ValueError: if ``b1`` or ``b2`` is outside [0, 1), ``eps`` is negative, ``period``
-            is not a whole number >= 1 or ``normalization`` is not ``"leaf"`` or ``"tree"``.
+        ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
+            finite, ``period`` is not a whole number >= 1 or ``normalization`` is not
+            ``"leaf"`` or ``"tree"``.
+        TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
+            real floating-point dtype; the message names the leaf and its dtype.
 
     Example:
         >>> import jax.numpy as jnp
@@ -160,11 +121,6 @@ def scale_by_cos2(
         >>> direction, state = transform.update(grads, state)
         >>> direction["b"].dtype
         dtype('float32')
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     validation.check_period(period)
 
@@ -181,5 +137,5 @@ def scale_by_cos2(
         return friction
 
     return dgrad.scale_by_normalized_difference(
-        friction_for_step, b1, b2, eps, mu_dtype, normalization
+        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos2"
     )

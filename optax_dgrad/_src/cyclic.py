@@ -1,4 +1,4 @@
-r"""The cyclic factors of Cos#1 and Cos#2 (Nanni et al. 2021, equations 15 and 17).
+r"""The cyclic factors of Cos#1 and Cos#2 (equations 15 and 17 of the paper).
 
 With period :math:`P` (30 in the paper) and step :math:`t = 1, 2, \dots`:
 
@@ -9,9 +9,8 @@ With period :math:`P` (30 in the paper) and step :math:`t = 1, 2, \dots`:
 Cos#1 scales the normalised gradient difference by :math:`c_t = 2 - r_t` (equation 15) and
 Cos#2 adds the term :math:`\sigma(4 a_t)` with :math:`a_t = r_t` (equation 17). Where
 :math:`r_t` is numerically zero (:math:`|r_t| < 10^{-6}`, which happens where
-:math:`\operatorname{mod}(t, P) = P/2`) the paper replaces it by :math:`9 \cdot 10^{-4}`.
-Equation 15 as printed is never zero (:math:`c_t \ge 1`), so that rule only ever acts on
-equation 17 and :math:`c_t` always uses the raw :math:`r_t`.
+:math:`\operatorname{mod}(t, P) = P/2`) the paper replaces it by :math:`9 \cdot 10^{-4}`;
+:math:`c_t` always uses the raw :math:`r_t` (see :mod:`optax_dgrad`).
 
 All three functions are pure, jit-able and vectorised over arrays of steps.
 """
@@ -56,10 +55,6 @@ def cyclic_decay(step: jax.typing.ArrayLike, period: jax.typing.ArrayLike = 30) 
         >>> bool(abs(r[14]) < 1e-6)  # t = 15 = P / 2: cos(pi / 2) = 0
         True
 
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021, equations 15 and 17.
     """
     validation.check_period(period)
     step = jnp.asarray(step)
@@ -89,10 +84,6 @@ def cos1_coefficient(
         >>> round(float(c), 6)
         2.0
 
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021, equation 15.
     """
     return 2.0 - cyclic_decay(step, period)
 
@@ -124,10 +115,6 @@ def cos2_coefficient(
         >>> round(float(optax_dgrad.cos2_coefficient(15, period=30)), 6)
         0.0009
 
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021, equation 17.
     """
     decay = cyclic_decay(step, period)
     return jnp.where(jnp.abs(decay) < ZERO_DECAY_THRESHOLD, ZERO_DECAY_REPLACEMENT, decay)

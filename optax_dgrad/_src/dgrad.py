@@ -1,36 +1,22 @@
 r"""DGrad: Adam with a friction set by the normalised gradient/variance difference.
 
-Nanni, Maguolo & Lumini (2021), equations 12 to 14. Per parameter leaf, with
-:math:`t = 1, 2, \dots` the step count after increment:
+Per parameter leaf, with :math:`t = 1, 2, \dots` the step count after increment:
 
 .. math::
 
     m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
     v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
-    \hat m_t &= m_t / (1 - \beta_1^t), \qquad \hat v_t = v_t / (1 - \beta_2^t) \\
     D_t &= |g_t - v_t|, \qquad
     \hat D_t = D_t / \max(D_t) \quad (\hat D_t = 0 \text{ where } \max(D_t) = 0) \\
-    \xi_t &= \sigma(4 \hat D_t), \qquad
-    u_t = \xi_t \, \hat m_t / (\sqrt{\hat v_t} + \epsilon)
+    u_t &= \xi_t(\hat D_t) \, \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)}
+           + \epsilon}
 
-and the optimizer applies :math:`-\eta\, u_t`. The Cos#1 and Cos#2 variants
-(:mod:`optax_dgrad._src.cosine`) change only the friction :math:`\xi_t`; this module holds
-the machinery they share.
-
-Where the paper is ambiguous, we chose:
-
-- its equation 10 prints :math:`m_t` without a hat; we use the bias-corrected
-  :math:`\hat m_t`, as diffGrad's reference code and MATLAB's ``adamupdate`` do (the
-  paper's code is MATLAB);
-- its equation 12 subtracts the squared-gradient average from the gradient, as printed;
-  we implement it as printed (:math:`v_t` is the biased average that already includes
-  :math:`g_t`);
-- "max" in equation 13 is per parameter tensor (the paper's per-layer update); a
-  whole-tree option (``normalization="tree"``) exists for users who want it.
+with :math:`\xi_t = \sigma(4 \hat D_t)` for DGrad. Cos#1 and Cos#2
+(:mod:`optax_dgrad._src.cosine`) change only :math:`\xi_t`; this module holds the machinery
+the three share. The max is taken over the finite entries of :math:`D_t`.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,44 +28,39 @@ from optax_dgrad._src import validation
 #: difference. Called once per update, so per-step scalars are computed once, not per leaf.
 FrictionForStep = Callable[[jax.Array], Callable[[jax.Array], jax.Array]]
 
-
-class DGradState(NamedTuple):
-    """State of :func:`scale_by_dgrad`, :func:`scale_by_cos1` and :func:`scale_by_cos2`.
-
-    The same size as Adam's state: the friction is computed from the current gradient and
-    second moment, so nothing more is stored.
-
-    Attributes:
-        count: number of updates done so far, int32 scalar (the step t of the next update
-            is ``count + 1``); it saturates at the int32 maximum instead of overflowing.
-        mu: biased first moment :math:`m_t`, a tree like the params (dtype ``mu_dtype``).
-        nu: biased second moment :math:`v_t`, a tree like the params.
-    """
-
-    count: jax.Array
-    mu: optax.Updates
-    nu: optax.Updates
+#: The state of DGrad, Cos#1 and Cos#2 is Adam's (``count``, ``mu``, ``nu``): the friction
+#: is computed from the current gradient and second moment, so nothing more is stored, and
+#: optax tooling that knows :class:`optax.ScaleByAdamState` reads it as Adam's.
+DGradState = optax.ScaleByAdamState
 
 
 def _is_none(leaf) -> bool:
     return leaf is None
 
 
+def _finite_abs_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+    """|a - b| where it is finite, 0 where it is not (so it never wins a max)."""
+    difference = jnp.abs(a - b)
+    return jnp.where(jnp.isfinite(difference), difference, jnp.zeros_like(difference))
+
+
 def _max_of_abs_difference(accumulated, element):
-    # Reducer of _leaf_max_abs_difference. A pair (a, b) stands for |a - b|; partial maxima
-    # m are carried as (m, 0), and |m - 0| = m exactly since m >= 0 (NaN stays NaN). So the
-    # reducer is max over the pairs' |a - b| whatever order XLA combines them in.
+    # Reducer of _leaf_max_abs_difference. A pair (a, b) stands for |a - b| (0 where that is
+    # not finite); partial maxima m are carried as (m, 0), and m is finite and >= 0, so the
+    # pair (m, 0) stands for m exactly. So the reducer is the max over the pairs' finite
+    # |a - b| whatever order XLA combines them in.
     (a1, b1), (a2, b2) = accumulated, element
-    return jnp.maximum(jnp.abs(a1 - b1), jnp.abs(a2 - b2)), jnp.zeros_like(b1)
+    largest = jnp.maximum(_finite_abs_difference(a1, b1), _finite_abs_difference(a2, b2))
+    return largest, jnp.zeros_like(b1)
 
 
 def _leaf_max_abs_difference(g: jax.Array, v: jax.Array) -> jax.Array:
-    """max |g - v| over the leaf, 0 for an empty leaf, without materialising |g - v|.
+    """max |g - v| over the leaf's finite entries (0 if none), without storing |g - v|.
 
-    ``jnp.max(jnp.abs(g - v))`` is the same number, but XLA:CPU does not fuse the
-    elementwise difference into a reduction: it writes |g - v| of every leaf to scratch
-    memory (102 MB per call on ResNet50, freshly page-faulted) and reads it back, which made
-    the update 2.7x slower than Adam's. A two-operand reduction reads g and v directly.
+    ``jnp.max(jnp.abs(g - v))`` (with the non-finite entries masked) is the same number,
+    but XLA:CPU does not fuse the elementwise difference into a reduction: it writes
+    |g - v| of every leaf to scratch memory and reads it back. A two-operand reduction
+    reads g and v directly.
     """
     dtype = jnp.result_type(g, v)
     zero = jnp.zeros([], dtype)
@@ -88,7 +69,7 @@ def _leaf_max_abs_difference(g: jax.Array, v: jax.Array) -> jax.Array:
         tuple(range(g.ndim)),
     )
     # (a, b) is (max, 0), except for a 0-d leaf: reducing over no axis returns (g, v).
-    return jnp.abs(a - b)
+    return _finite_abs_difference(a, b)
 
 
 def scale_by_normalized_difference(
@@ -98,6 +79,7 @@ def scale_by_normalized_difference(
     eps: float,
     mu_dtype: jax.typing.DTypeLike | None,
     normalization: str,
+    name: str = "scale_by_normalized_difference",
 ) -> optax.GradientTransformation:
     r"""Adam scaled elementwise by :math:`\xi_t = f_t(\hat D_t)` (DGrad, Cos#1, Cos#2).
 
@@ -108,11 +90,12 @@ def scale_by_normalized_difference(
         b2: decay rate of the second moment, in [0, 1).
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         mu_dtype: dtype of the stored first moment; None keeps the params' dtype.
-        normalization: ``"leaf"`` takes :math:`\max(D_t)` per parameter tensor (the
-            paper's per-layer update); ``"tree"`` takes it over the whole tree.
+        normalization: ``"leaf"`` takes :math:`\max(D_t)` per parameter tensor;
+            ``"tree"`` takes it over the whole tree.
+        name: the transform's name in error messages.
 
     Returns:
-        An :class:`optax.GradientTransformation` with state :class:`DGradState`.
+        An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
     """
     validation.check_decay_rate("b1", b1)
     validation.check_decay_rate("b2", b2)
@@ -121,7 +104,8 @@ def scale_by_normalized_difference(
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
-        return DGradState(
+        validation.check_float_leaves(params, "parameter", name)
+        return optax.ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
             nu=optax.tree.zeros_like(params),
@@ -129,6 +113,7 @@ def scale_by_normalized_difference(
 
     def update_fn(updates, state, params=None):
         del params
+        validation.check_float_leaves(updates, "gradient", name)
         count = optax.safe_increment(state.count)
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
@@ -159,7 +144,7 @@ def scale_by_normalized_difference(
         updates = jax.tree.map(
             leaf_update, updates, max_difference, nu, mu_hat, nu_hat, is_leaf=_is_none
         )
-        return updates, DGradState(
+        return updates, optax.ScaleByAdamState(
             count=count,
             mu=optax.tree.cast(mu, mu_dtype),
             nu=optax.tree.cast_like(nu, state.nu),
@@ -180,30 +165,11 @@ def scale_by_dgrad(
     mu_dtype: jax.typing.DTypeLike | None = None,
     normalization: str = "leaf",
 ) -> optax.GradientTransformation:
-    r"""Rescale updates by DGrad (Nanni et al. 2021, equations 12 to 14).
+    r"""Rescale updates by DGrad: Adam's direction times :math:`\sigma(4 \hat D_t)`.
 
-    Adam's bias-corrected direction times the friction :math:`\xi_t = \sigma(4 \hat D_t)`:
-
-    .. math::
-
-        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad D_t = |g_t - v_t| \\
-        \hat D_t &= D_t / \max(D_t) \quad (0 \text{ where } \max(D_t) = 0) \\
-        u_t &= \sigma(4 \hat D_t) \; \frac{m_t / (1 - \beta_1^t)}
-               {\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
-
-    Where the paper is ambiguous, we chose:
-
-    - its equation 10 prints :math:`m_t` without a hat; we use the bias-corrected
-      :math:`\hat m_t`, as diffGrad's reference code and MATLAB's ``adamupdate`` do (the
-      paper's code is MATLAB);
-    - its equation 12 subtracts the squared-gradient average from the gradient, as
-      printed; we implement it as printed (:math:`v_t` is the biased average that already
-      includes :math:`g_t`);
-    - "max" in equation 13 is per parameter tensor (the paper's per-layer update); a
-      whole-tree option (``normalization="tree"``) exists for users who want it.
-
-    An all-zero :math:`D_t` (for instance all-zero gradients) gives :math:`\hat D_t = 0`,
-    never NaN; an empty leaf has :math:`\max(D_t) = 0`. The state is the size of Adam's.
+    The optimizer without its learning rate; see :func:`optax_dgrad.dgrad` for the math
+    and :mod:`optax_dgrad` for the interpretation choices, the handling of non-finite
+    gradients and the references.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
@@ -215,11 +181,14 @@ def scale_by_dgrad(
             ``"tree"`` takes it over the whole tree.
 
     Returns:
-        An :class:`optax.GradientTransformation` with state :class:`DGradState`.
+        An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`
+        (exported as :data:`optax_dgrad.DGradState` too).
 
     Raises:
-        ValueError: if ``b1`` or ``b2`` is outside [0, 1), ``eps`` is negative or
-            ``normalization`` is not ``"leaf"`` or ``"tree"``.
+        ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
+            finite, or ``normalization`` is not ``"leaf"`` or ``"tree"``.
+        TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
+            real floating-point dtype; the message names the leaf and its dtype.
 
     Example:
         >>> import jax.numpy as jnp
@@ -230,12 +199,7 @@ def scale_by_dgrad(
         >>> direction, state = transform.update(grads, state)
         >>> int(state.count)
         1
-
-    References:
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     return scale_by_normalized_difference(
-        _dgrad_friction, b1, b2, eps, mu_dtype, normalization
+        _dgrad_friction, b1, b2, eps, mu_dtype, normalization, name="scale_by_dgrad"
     )

@@ -1,4 +1,4 @@
-r"""diffGrad: Adam with a friction set by the change of the gradient (Dubey et al. 2019).
+r"""diffGrad: Adam with a friction set by the change of the gradient.
 
 Per parameter leaf, with :math:`t = 1, 2, \dots` the step count after increment:
 
@@ -30,9 +30,7 @@ class DiffGradState(NamedTuple):
         mu: biased first moment :math:`m_t`, a tree like the params (dtype ``mu_dtype``).
         nu: biased second moment :math:`v_t`, a tree like the params.
         prev_grad: the gradient this transform received at the previous update (zeros
-            before the first), a tree like the params. A copy of the value: implementations
-            that kept a reference to the gradient buffer saw it overwritten in place, so
-            their friction was always :math:`\\sigma(0) = 0.5`.
+            before the first), a tree like the params, cast to their dtype.
     """
 
     count: jax.Array
@@ -45,29 +43,38 @@ def _is_none(leaf) -> bool:
     return leaf is None
 
 
+def _after(g: jax.Array, u: jax.Array) -> jax.Array:
+    """``g``, computed after ``u``: ``g + 0 * u``, with ``u``'s non-finite entries as 0.
+
+    The new prev_grad is written into the buffer of the old one when the state is donated,
+    and the fusion that computes the update still reads the old one. Without a data
+    dependence nothing orders that read before the write, and XLA:CPU (no multi-output
+    fusion) copies the old prev_grad to scratch memory on every step; with it the write
+    is scheduled after the update. ``0 * u`` is not folded away for floats; masking the
+    non-finite entries of ``u`` makes the result equal ``g`` everywhere (up to the sign of
+    a zero), whatever ``u`` is.
+    """
+    u = u.astype(g.dtype)
+    finite_u = jnp.where(jnp.isfinite(u), u, jnp.zeros_like(u))
+    return g + jnp.zeros([], g.dtype) * finite_u
+
+
 def scale_by_diffgrad(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
-    r"""Rescale updates by diffGrad (Dubey et al. 2019; Nanni et al. 2021, equation 10).
+    r"""Rescale updates by diffGrad: Adam's direction times :math:`\sigma(|g_{t-1} - g_t|)`.
 
-    Adam's bias-corrected direction times the friction
-    :math:`\xi_t = \sigma(|g_{t-1} - g_t|)`, elementwise, with :math:`g_0 = 0`:
+    The optimizer without its learning rate; see :func:`optax_dgrad.diffgrad` for the
+    math and :mod:`optax_dgrad` for the interpretation choices and the references.
+    :math:`g_{t-1}` is the gradient this transform received (after any transform chained
+    before it, such as clipping or weight decay), :math:`g_0 = 0`.
 
-    .. math::
-
-        u_t = \sigma(|g_{t-1} - g_t|) \;
-              \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
-
-    So the first update's friction is :math:`\sigma(|g_1|)`. :math:`g_{t-1}` is the
-    gradient this transform received (after any transform chained before it, such as
-    clipping or weight decay).
-
-    Where the paper is ambiguous, we chose: its equation 10 prints :math:`m_t` without a
-    hat; we use the bias-corrected :math:`\hat m_t`, as diffGrad's reference code and
-    MATLAB's ``adamupdate`` do (the paper's code is MATLAB).
+    ``state.prev_grad`` equals the gradient received (non-finite entries included). A
+    non-finite gradient entry makes that entry's moments and updates NaN from then on, as in
+    Adam, and harms no other entry.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
@@ -80,7 +87,10 @@ def scale_by_diffgrad(
         An :class:`optax.GradientTransformation` with state :class:`DiffGradState`.
 
     Raises:
-        ValueError: if ``b1`` or ``b2`` is outside [0, 1) or ``eps`` is negative.
+        ValueError: if ``b1`` or ``b2`` is not in [0, 1) or ``eps`` is negative or not
+            finite.
+        TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
+            real floating-point dtype; the message names the leaf and its dtype.
 
     Example:
         >>> import jax.numpy as jnp
@@ -91,14 +101,6 @@ def scale_by_diffgrad(
         >>> direction, state = transform.update(grads, state)
         >>> state.prev_grad
         Array([0., 3.], dtype=float32)
-
-    References:
-        Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural
-        Networks <https://arxiv.org/abs/1909.11015>`_, 2019.
-
-        Nanni, Maguolo & Lumini, `Exploiting Adam-like Optimization Algorithms to Improve
-        the Performance of Convolutional Neural Networks <https://arxiv.org/abs/2103.14689>`_,
-        2021.
     """
     validation.check_decay_rate("b1", b1)
     validation.check_decay_rate("b2", b2)
@@ -106,6 +108,7 @@ def scale_by_diffgrad(
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
+        validation.check_float_leaves(params, "parameter", "scale_by_diffgrad")
         return DiffGradState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -115,6 +118,7 @@ def scale_by_diffgrad(
 
     def update_fn(updates, state, params=None):
         del params
+        validation.check_float_leaves(updates, "gradient", "scale_by_diffgrad")
         count = optax.safe_increment(state.count)
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
@@ -130,11 +134,15 @@ def scale_by_diffgrad(
         new_updates = jax.tree.map(
             leaf_update, updates, state.prev_grad, mu_hat, nu_hat, is_leaf=_is_none
         )
+        prev_grad = jax.tree.map(
+            lambda g, u: None if g is None else _after(g, u),
+            updates, new_updates, is_leaf=_is_none,
+        )
         return new_updates, DiffGradState(
             count=count,
             mu=optax.tree.cast(mu, mu_dtype),
             nu=optax.tree.cast_like(nu, state.nu),
-            prev_grad=optax.tree.cast_like(updates, state.prev_grad),
+            prev_grad=optax.tree.cast_like(prev_grad, state.prev_grad),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
