@@ -55,7 +55,13 @@ def plot_accuracy_vs_size(
             sizes = np.arange(1, len(accuracies) + 1)
             label = size_curve_label(optimizer, accuracies)
             axis.plot(sizes, 100 * accuracies, marker="o", ms=3, label=label)
-        axis.set(title=data.dataset, xlabel="ensemble size k (first k members)")
+        largest = max(group.n_members for group in data.groups.values())
+        # Every size on the axis, skipped ones included, so a gap reads as a gap.
+        axis.set(
+            title=data.dataset,
+            xlabel="ensemble size k (first k members)",
+            xlim=(0.5, largest + 0.5),
+        )
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0].set_ylabel(f"accuracy % ({rule} rule)")
