@@ -1,10 +1,13 @@
-"""On-device image augmentation and normalisation, per ensemble member.
+"""On-device image augmentation, per ensemble member.
 
 The paper (following MATLAB's ``imageDataAugmenter``) augments each training image with a
 random horizontal and a random vertical reflection and independent random x and y scale
 factors drawn from [1, 2]: the image is magnified about its centre and the view of the
 network input's size is kept. Everything here runs inside the jitted train step on uint8
 images already on the device, so no host round trip is paid per batch.
+
+The input normalisation that follows augmentation belongs to the weights, not to the
+augmentation: see ``models.pretrained.preprocessing_for`` and ``Normalization``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-# Per-channel statistics of ImageNet (RGB, for images scaled to [0, 1]); pretrained weights
-# expect inputs normalised with them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Keras' ImageNet ResNet50 ("caffe" preprocessing) expects BGR images in [0, 255] minus this
-# per-channel mean, given here in BGR order and scaled to [0, 1].
-KERAS_IMAGENET_MEAN_BGR = (103.939 / 255, 116.779 / 255, 123.68 / 255)
 
 
 class AugmentConfig(NamedTuple):
@@ -111,25 +106,20 @@ def augment_images(
     return jax.vmap(_resample, in_axes=(0, None, 0))(images, output_size, scales)
 
 
-def normalize(images: jax.Array, mean, std) -> jax.Array:
-    """Returns ``(images - mean) / std`` per channel, for float images in [0, 1]."""
-    return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+# Transitional: these names moved to models.pretrained (they describe weights, not
+# augmentation). Resolved lazily so that importing data never imports models; remove once
+# the trainer and the benchmarks import them from models.pretrained.
+_MOVED_TO_MODELS_PRETRAINED = (
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "KERAS_IMAGENET_MEAN_BGR",
+    "Normalization",
+)
 
 
-class Normalization(NamedTuple):
-    """The input normalisation a model expects, applied to float RGB images in [0, 1].
+def __getattr__(name: str):
+    if name in _MOVED_TO_MODELS_PRETRAINED:
+        from models import pretrained  # noqa: PLC0415
 
-    Attributes:
-      mean: per-channel mean, subtracted after any channel reversal.
-      std: per-channel divisor.
-      reverse_channels: feed BGR instead of RGB (Keras' "caffe" ImageNet weights).
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    reverse_channels: bool = False
-
-    def apply(self, images: jax.Array) -> jax.Array:
-        if self.reverse_channels:
-            images = images[..., ::-1]
-        return normalize(images, self.mean, self.std)
+        return getattr(pretrained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

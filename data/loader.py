@@ -10,21 +10,26 @@ Every image is resized as a whole to ``image_size x image_size`` (aspect ratio n
 the paper resizes to the network's 224x224 input) with a bicubic filter, and greyscale is
 replicated to three channels. Examples are ordered by their file name, so the arrays and
 the folds depend only on the data, not on how TFDS shuffled the stored records.
+
+TensorFlow Datasets is imported only when a TFDS data set is asked for: "digits" and
+folders, and ``import data`` itself, work where it is not installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from data import decode, folds
-from data.builder_base import DEFAULT_CONFIG_NAME
 from data.dataset import ImageDataset
 from data.digits import load_digits_dataset
 from data.folder import load_folder_dataset
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 DATASET_NAMES = ("digits", "hela", "bg", "lar")
 FOLDER_PREFIX = "folder:"
@@ -69,9 +74,13 @@ def load_dataset(name: str, image_size: int, *, data_dir: str | None = None) -> 
 
 
 def builder_for(
-    name: str, *, data_dir: str | None = None, config: str = DEFAULT_CONFIG_NAME
+    name: str, *, data_dir: str | None = None, config: str | None = None
 ) -> tfds.core.GeneratorBasedBuilder:
-    """The TFDS builder of "hela", "bg" or "lar" (importing it registers it with TFDS)."""
+    """The TFDS builder of "hela", "bg" or "lar" (importing it registers it with TFDS).
+
+    ``config`` is a storage config name; None is the builder's default, "short_side_256".
+    Importing the builder imports TensorFlow Datasets.
+    """
     if name not in TFDS_DATASET_NAMES:
         raise ValueError(
             f"unknown TFDS data set {name!r}; expected one of {', '.join(TFDS_DATASET_NAMES)}"
@@ -85,17 +94,21 @@ def load_tfds_dataset(
     image_size: int,
     *,
     data_dir: str | None = None,
-    config: str = DEFAULT_CONFIG_NAME,
+    config: str | None = None,
 ) -> ImageDataset:
     """Reads a built TFDS data set with ``tfds.data_source`` and resizes it.
 
     Folds: HeLa and BG stratified 5-fold cross-validation with the fixed seed; LAR its
-    three given folds, from the stored ``fold`` feature.
+    three given folds, from the stored ``fold`` feature. ``config`` is the storage config
+    (None: the builder's default, "short_side_256").
 
     Raises:
       FileNotFoundError: the data set is not built in ``data_dir``.
     """
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (only for the TFDS data sets)
+
     builder = builder_for(name, data_dir=data_dir, config=config)
+    config = builder.builder_config.name
     if not builder.is_prepared():
         root = os.fspath(builder.data_dir_root)
         raise FileNotFoundError(

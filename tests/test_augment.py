@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from data.augment import NO_AUGMENTATION, AugmentConfig, augment_images, normalize
+from data.augment import NO_AUGMENTATION, AugmentConfig, augment_images
 
 
 def ramp_images(count=4, size=16):
@@ -101,8 +101,3 @@ def test_output_size_and_range():
     assert out.shape == (5, 16, 16, 3) and out.dtype == np.float32
     assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
 
-
-def test_normalize():
-    x = np.full((1, 2, 2, 3), 0.5, np.float32)
-    out = np.asarray(normalize(x, (0.5, 0.25, 0.0), (1.0, 0.5, 2.0)))
-    np.testing.assert_allclose(out[0, 0, 0], [0.0, 0.5, 0.25])

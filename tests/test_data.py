@@ -1,5 +1,9 @@
 """The loader, the embedded digits default, fold protocols and the class-per-folder data set."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,6 +11,8 @@ from sklearn.datasets import load_digits
 
 from data import DATASET_NAMES, ImageDataset, iter_folds, load_dataset
 from data.folds import given_folds, stratified_k_folds
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def assert_partition(folds, num_images):
@@ -153,3 +159,29 @@ def test_non_image_files_are_reported_not_silently_dropped(tmp_path, caplog):
     dataset = load_dataset(f"folder:{tmp_path}", 4)
     assert len(dataset.labels) == 10
     assert "notes.txt" in caplog.text
+
+
+def test_tensorflow_datasets_is_imported_only_for_a_tfds_data_set(tmp_path):
+    # A fresh interpreter: this test process has imported TFDS through other tests.
+    script = f"""
+import sys
+import data, data.augment, models, models.pretrained
+from data import DATASET_NAMES, iter_folds, load_dataset
+assert DATASET_NAMES == ("digits", "hela", "bg", "lar"), DATASET_NAMES
+digits = load_dataset("digits", 8)
+assert len(list(iter_folds(digits))) == 5
+assert "tensorflow_datasets" not in sys.modules, "imported without a TFDS data set"
+try:
+    load_dataset("hela", 8, data_dir={str(tmp_path)!r})
+except FileNotFoundError as error:
+    assert "python -m data.build hela" in str(error), error
+else:
+    raise AssertionError("hela is not built in an empty data_dir")
+assert "tensorflow_datasets" in sys.modules, "hela must be read through TFDS"
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
