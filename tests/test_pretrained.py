@@ -1,10 +1,12 @@
-"""models.pretrained: Keras equivalence, torchvision round trip, and bad weight files.
+"""models.pretrained: Keras equivalence, torchvision round trip, bad weight files, format
+detection and the normalisation it implies, checks before loading, stride placement.
 
 The reference is Keras 3 on the JAX backend (tests/conftest.py sets KERAS_BACKEND=jax):
 ``keras.applications.ResNet50`` with random weights and random BatchNorm statistics, so
 that the folding of the convolution biases into the BatchNorm means is really exercised.
 """
 
+import pickle
 import re
 import zipfile
 from functools import partial
@@ -21,10 +23,15 @@ from pretrained_exporters import save_torchvision_safetensors, torchvision_state
 from models import get_model
 from models.pretrained import (
     KERAS_BATCH_NORM_EPSILON,
+    KERAS_CAFFE_NORMALIZATION,
     KERAS_LEGACY_BATCH_NORM_EPSILON,
+    Normalization,
+    check_pretrained,
     load_keras_h5_weights,
     load_pretrained,
     load_torchvision_weights,
+    preprocessing_for,
+    weight_format,
 )
 
 # Keras' own variables warn on NumPy 2 conversion; that is Keras' business, not ours.
@@ -367,3 +374,204 @@ def test_every_leaf_is_replaced(keras_reference, resnet50_v1):
     assert before.keys() == after.keys()
     unchanged = [k for k in before if np.array_equal(before[k], after[k])]
     assert unchanged == []
+
+
+# --------------------------------------------------------------------------- format and
+# normalisation, checking before loading, stride placement of basic blocks
+
+
+def _tiny(stride_placement="v1.5", **overrides):
+    """A small bottleneck ResNet: two stages, so its second stage down-samples."""
+    overrides = {"stage_sizes": [1, 1], "num_filters": 4, **overrides}
+    return get_model(
+        "resnet50_small", num_classes=3, stride_placement=stride_placement, **overrides
+    )
+
+
+def test_normalization_apply_hand_computed():
+    images = jnp.asarray([[[[0.2, 0.5, 0.9]]]], jnp.float32)  # one RGB pixel
+    plain = Normalization((0.5, 0.25, 0.0), (1.0, 0.5, 2.0)).apply(images)
+    np.testing.assert_allclose(np.asarray(plain)[0, 0, 0], [-0.3, 0.5, 0.45], rtol=1e-6)
+    reversed_ = Normalization((0.5, 0.25, 0.0), (1.0, 0.5, 2.0), True).apply(images)
+    np.testing.assert_allclose(np.asarray(reversed_)[0, 0, 0], [0.4, 0.5, 0.1], rtol=1e-6)
+
+
+def test_preprocessing_follows_the_file_format(tmp_path, keras_reference):
+    _, _, files = keras_reference
+    pixel_rgb = np.array([0.2, 0.5, 0.9], np.float32)
+    images = jnp.asarray(pixel_rgb.reshape(1, 1, 1, 3))
+    # torchvision's transforms.Normalize with ImageNet's statistics, and no weights alike.
+    imagenet = (pixel_rgb - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    model = get_model("resnet_tiny", num_classes=2)
+    path = tmp_path / "tiny.safetensors"
+    save_torchvision_safetensors(_random_variables(model, (1, 8, 8, 3), seed=0), path)
+    for weights in (None, path):
+        normalization = preprocessing_for(weights)
+        np.testing.assert_allclose(normalization.apply(images)[0, 0, 0], imagenet, rtol=1e-5)
+    # Keras' "caffe" preprocess_input: BGR, in [0, 255], minus the ImageNet mean in BGR.
+    caffe = pixel_rgb[::-1] * 255 - [103.939, 116.779, 123.68]
+    for layout in ("classic", "keras3"):
+        keras_normalization = preprocessing_for(files[layout])
+        np.testing.assert_allclose(
+            keras_normalization.apply(images)[0, 0, 0], caffe, rtol=1e-5, atol=1e-4
+        )
+    # Hashable and equal by value: the trainer keys compiled programs on it.
+    assert {preprocessing_for(None): 1}[preprocessing_for(path)] == 1
+    assert preprocessing_for(files["classic"]) == KERAS_CAFFE_NORMALIZATION
+    (tmp_path / "hostname").write_text("build-host\n")
+    with pytest.raises(ValueError, match="hostname is neither HDF5.*safetensors.*PyTorch"):
+        preprocessing_for(tmp_path / "hostname")
+
+
+def test_hdf5_with_a_user_block_is_recognised(tmp_path):
+    path = tmp_path / "with_user_block.h5"
+    with h5py.File(path, "w", userblock_size=512) as file:
+        file.create_dataset("x", data=np.zeros(3))
+    assert path.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"  # the signature is not at 0
+    assert weight_format(path) == "hdf5"
+
+
+def test_safetensors_header_length_128_mod_256_is_not_read_as_a_pickle(tmp_path):
+    model = _tiny()
+    variables = _random_variables(model, (1, 8, 8, 3), seed=4)
+    state = torchvision_state_dict(variables, with_counters=True)
+    # safetensors pads its JSON header to a multiple of 8 bytes; lengthen the metadata
+    # until the header length is 128 mod 256, so the file's first byte is 0x80.
+    for padding in range(264):  # 32 multiples of 8 cover every residue
+        content = safetensors.numpy.save(state, metadata={"format": "pt", "pad": "x" * padding})
+        if int.from_bytes(content[:8], "little") % 256 == 128:
+            break
+    else:
+        raise AssertionError("no padding gave a header length of 128 mod 256")
+    assert content[0] == 0x80  # what a PyTorch legacy pickle starts with, too
+    path = tmp_path / "resnet.safetensors"
+    path.write_bytes(content)
+    assert weight_format(path) == "safetensors"
+    loaded = load_pretrained(path, variables, stride_placement="v1.5", include_head=True)
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+    assert preprocessing_for(path) == Normalization(
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    )
+    # A real legacy pickle (protocol 2 starts with 0x80 0x02) is still a PyTorch file.
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"conv1.weight": [0.0]}, protocol=2))
+    assert weight_format(legacy) == "torch"
+
+
+def test_check_pretrained_checks_shapes_without_loading(tmp_path):
+    model = _tiny()
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    assert isinstance(shapes["params"]["stem_conv"]["kernel"], jax.ShapeDtypeStruct)
+    good = tmp_path / "good.safetensors"
+    save_torchvision_safetensors(_random_variables(model, (1, 8, 8, 3), seed=0), good)
+    assert check_pretrained(good, shapes, stride_placement="v1.5") is None
+    # A model of another width: every tensor is mis-shaped, all named with the file.
+    wider = _tiny(num_filters=8)
+    wider_shapes = jax.eval_shape(wider.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"good.safetensors does not match the model") as error:
+        check_pretrained(good, wider_shapes)
+    assert "conv1.weight: expected shape (8, 3, 3, 3), found (4, 3, 3, 3)" in str(error.value)
+    with pytest.raises(ValueError, match="good.safetensors holds weights trained with"):
+        check_pretrained(good, shapes, stride_placement="v1")
+    (tmp_path / "hostname").write_text("build-host\n")
+    with pytest.raises(ValueError, match="weight file .*hostname is neither HDF5"):
+        check_pretrained(tmp_path / "hostname", shapes)
+    with pytest.raises(ValueError, match="weight file .*absent.h5 does not exist"):
+        check_pretrained(tmp_path / "absent.h5", shapes)
+    with pytest.raises(ValueError, match=f"weight file {re.escape(str(tmp_path))} is not a"):
+        check_pretrained(tmp_path, shapes)
+    # Data cut short after an intact header: named, as a ValueError.
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated.safetensors cannot be read"):
+        check_pretrained(truncated, shapes)
+
+
+def test_check_pretrained_refuses_a_pth_without_torch_as_a_value_error(tmp_path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch is installed: .pth files are read, not refused")
+    path = tmp_path / "resnet50.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("resnet50/data.pkl", b"")
+    shapes = jax.eval_shape(_tiny().init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="resnet50.pth needs torch"):
+        check_pretrained(path, shapes)
+
+
+def test_basic_block_models_accept_either_stride_placement(tmp_path):
+    # Basic blocks have one place for the stride: both placements are the same model.
+    images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 3)), jnp.float32)
+    models_by_placement = {
+        placement: get_model(
+            "resnet18_small",
+            num_classes=3,
+            stride_placement=placement,
+            stage_sizes=[1, 1],
+            num_filters=4,
+        )
+        for placement in ("v1", "v1.5")
+    }
+    source = _random_variables(models_by_placement["v1.5"], images.shape, seed=6)
+    path = tmp_path / "resnet18.safetensors"
+    save_torchvision_safetensors(source, path)
+    logits = {}
+    for placement, model in models_by_placement.items():
+        check_pretrained(path, source, stride_placement=placement)
+        loaded = load_pretrained(path, source, stride_placement=placement, include_head=True)
+        logits[placement] = np.asarray(model.apply(loaded, images, train=False))
+    np.testing.assert_array_equal(logits["v1"], logits["v1.5"])
+    # A down-sampling bottleneck does have a placement: the same file layout is refused.
+    bottleneck = _tiny()
+    bottleneck_path = tmp_path / "bottleneck.safetensors"
+    variables = _random_variables(bottleneck, (1, 8, 8, 3), seed=7)
+    save_torchvision_safetensors(variables, bottleneck_path)
+    with pytest.raises(ValueError, match="trained with stride_placement='v1.5'.*has.*'v1'"):
+        load_pretrained(bottleneck_path, variables, stride_placement="v1")
+    # A bottleneck model of one stage never down-samples in a block: no placement either.
+    one_stage = _tiny(stage_sizes=[2])
+    one_stage_variables = _random_variables(one_stage, (1, 8, 8, 3), seed=8)
+    one_stage_path = tmp_path / "one_stage.safetensors"
+    save_torchvision_safetensors(one_stage_variables, one_stage_path)
+    check_pretrained(one_stage_path, one_stage_variables, stride_placement="v1")
+
+
+def _real_torchvision_resnet50():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    network = torchvision.models.resnet50(weights=None)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    return torch, network.eval()
+
+
+@pytest.mark.parametrize("file_format", ["safetensors", "pth"])
+def test_real_torchvision_resnet50_in_both_formats(tmp_path, file_format):
+    torch, network = _real_torchvision_resnet50()
+    import safetensors.torch
+
+    path = tmp_path / f"resnet50.{file_format}"
+    if file_format == "safetensors":
+        safetensors.torch.save_file(network.state_dict(), path)
+    else:
+        torch.save(network.state_dict(), path)
+    assert weight_format(path) == ("safetensors" if file_format == "safetensors" else "torch")
+    model = get_model("resnet50", num_classes=1000, stride_placement="v1.5")
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    check_pretrained(path, shapes, stride_placement="v1.5", include_head=True)
+    loaded = load_pretrained(path, shapes, stride_placement="v1.5", include_head=True)
+    images = np.random.default_rng(9).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    logits = np.asarray(model.apply(loaded, images, train=False))
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(logits, expected, atol=LOGITS_ATOL * 10)
