@@ -38,38 +38,34 @@ def _is_none(leaf) -> bool:
     return leaf is None
 
 
-def _finite_abs_difference(a: jax.Array, b: jax.Array) -> jax.Array:
-    """|a - b| where it is finite, 0 where it is not (so it never wins a max)."""
-    difference = jnp.abs(a - b)
-    return jnp.where(jnp.isfinite(difference), difference, jnp.zeros_like(difference))
-
-
 def _max_of_abs_difference(accumulated, element):
-    # Reducer of _leaf_max_abs_difference. A pair (a, b) stands for |a - b| (0 where that is
-    # not finite); partial maxima m are carried as (m, 0), and m is finite and >= 0, so the
-    # pair (m, 0) stands for m exactly. So the reducer is the max over the pairs' finite
-    # |a - b| whatever order XLA combines them in.
+    # Reducer of _leaf_max_abs_difference. A pair (a, b) stands for |a - b|; partial maxima
+    # m are carried as (m, 0), and |m - 0| = m exactly since m >= 0. So the reducer is the
+    # max over the pairs' |a - b| whatever order XLA combines them in.
     (a1, b1), (a2, b2) = accumulated, element
-    largest = jnp.maximum(_finite_abs_difference(a1, b1), _finite_abs_difference(a2, b2))
-    return largest, jnp.zeros_like(b1)
+    return jnp.maximum(jnp.abs(a1 - b1), jnp.abs(a2 - b2)), jnp.zeros_like(b1)
 
 
 def _leaf_max_abs_difference(g: jax.Array, v: jax.Array) -> jax.Array:
     """max |g - v| over the leaf's finite entries (0 if none), without storing |g - v|.
 
     ``jnp.max(jnp.abs(g - v))`` (with the non-finite entries masked) is the same number,
-    but XLA:CPU does not fuse the elementwise difference into a reduction: it writes
+    but XLA:CPU does not fuse the elementwise difference into that reduction: it writes
     |g - v| of every leaf to scratch memory and reads it back. A two-operand reduction
-    reads g and v directly.
+    over (g, v) reads them directly. Entries where g - v is not finite enter it as (0, 0);
+    that masking fuses into the reduction's operands, where a mask inside the reducer
+    made the reduction itself ~30% slower on XLA:CPU.
     """
     dtype = jnp.result_type(g, v)
+    g, v = g.astype(dtype), v.astype(dtype)
+    finite = jnp.isfinite(g - v)
     zero = jnp.zeros([], dtype)
     a, b = jax.lax.reduce(
-        (g.astype(dtype), v.astype(dtype)), (zero, zero), _max_of_abs_difference,
-        tuple(range(g.ndim)),
+        (jnp.where(finite, g, zero), jnp.where(finite, v, zero)), (zero, zero),
+        _max_of_abs_difference, tuple(range(g.ndim)),
     )
-    # (a, b) is (max, 0), except for a 0-d leaf: reducing over no axis returns (g, v).
-    return _finite_abs_difference(a, b)
+    # (a, b) is (max, 0), except for a 0-d leaf: reducing over no axis returns the operands.
+    return jnp.abs(a - b)
 
 
 def scale_by_normalized_difference(
