@@ -1,44 +1,25 @@
-"""Jitted update time of each optimizer against optax.adam on a ResNet50-shaped tree.
+"""Jitted update time of each optimizer against optax.adam on the ResNet50 parameter tree.
 
-Not a test: a measurement. For each optimizer it checks two steps against a plain NumPy
-reference written from the formulas, then times the donated, jitted step
+Not a test: a measurement. For each optimizer it checks two steps against the NumPy
+reference (``optax_dgrad.testing``), then times the donated, jitted step
 ``params, state -> apply_updates(params, update(grads, state))`` (median of several runs
-after warm-up, the optimizers taking turns), reports the state size, and the
-memory-bandwidth floor: the bytes the update must read and write (Adam 7 arrays per
-parameter; diffGrad and DGrad/Cos 9) over a measured read+write bandwidth. Prints a
-Markdown table and writes
-benchmarks/results/optimizer_update.json.
+after warm-up, the optimizers taking turns), reports the state size, XLA's scratch memory
+per call, and the memory-bandwidth floor: the bytes the update must read and write (Adam 7
+arrays per parameter; diffGrad and DGrad/Cos 9) over a measured read+write bandwidth. The
+tree is ``models``' own ResNet50 (1000 classes), its shapes from ``jax.eval_shape``. Prints
+a Markdown table and writes benchmarks/results/optimizer_update.json.
 
     python benchmarks/optimizer_update.py [--repeats 15]
 
-(from the repository root, with the package installed, e.g. ``pip install -e .``, or with
-``PYTHONPATH=.``).
-
-What limits the ratios on XLA:CPU (read from the optimized HLO,
-``jax.jit(step).lower(...).compile().as_text()``). XLA:CPU does no multi-output fusion, so
-even Adam moves 10 arrays, not 7: one fusion writes mu, one writes nu, and the update fusion
-reads them back with params. On that structure:
-
-- DGrad/Cos: the per-leaf max is a two-operand reduction over (g, v_t)
-  (``_leaf_max_abs_difference``), 2 extra reads, and the update fusion reads g once more to
-  recompute |g - v_t|: 13 arrays, 1.3x Adam. Before it, ``jnp.max(jnp.abs(g - v_t))`` was a
-  YNNPACK reduction that cannot fuse its operand, so |g - v_t| of every leaf went to 102 MB
-  of scratch, page-faulted afresh on each call (2.7-2.9x Adam). Tried without gain: max over
-  the last axis or all but the last, ``lax.reduce_window``, ``lax.reduce`` with a max
-  reducer (all still YNNPACK on a stored difference), int32-bitcast max (native reduce, still
-  stored difference), recomputing v_t from the old nu in the reduction (more scratch).
-- diffGrad: prev_grad's output buffer is the donated old prev_grad, which the update fusion
-  still reads; with no multi-output fusion nothing orders that read before the write of g,
-  so XLA copies the old prev_grad to scratch (102 MB, page-faulted) and then copies g in:
-  16 arrays plus the faults. Tried without gain: ``jnp.where(count > 0, g, prev)``,
-  ``lax.dynamic_update_slice``, ``lax.optimization_barrier`` pairing g with the update or
-  with mu (XLA drops the barrier). Not fixable in the transform's code on XLA:CPU; state
-  held by reference (the bug diffGrad implementations once had) is not an option.
+(from the repository root). What limits the ratios on XLA:CPU, and what was tried, is in
+docs/optimizers.md.
 """
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import optax_dgrad
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # models is used from the checkout, not installed
+
+import optax_dgrad  # noqa: E402
+from models import get_model  # noqa: E402
+from optax_dgrad.testing import reference_directions  # noqa: E402
 
 RESULTS_PATH = Path(__file__).parent / "results" / "optimizer_update.json"
 RESNET50_PARAMETERS = 25_557_032
@@ -56,58 +42,13 @@ B1, B2, EPS, PERIOD = 0.9, 0.999, 1e-8, 30
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
-    """Parameter shapes of ResNet50 (1000 classes, Flax layout): HWIO conv kernels without
-    bias, BatchNorm scale and bias, dense kernel and bias."""
-    shapes = [(7, 7, 3, 64), (64,), (64,)]
-    in_features = 64
-    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        out_features = 4 * width
-        for block in range(blocks):
-            shapes += [(1, 1, in_features, width), (width,), (width,)]
-            shapes += [(3, 3, width, width), (width,), (width,)]
-            shapes += [(1, 1, width, out_features), (out_features,), (out_features,)]
-            if block == 0:
-                shapes += [(1, 1, in_features, out_features), (out_features,), (out_features,)]
-            in_features = out_features
-    shapes += [(2048, 1000), (1000,)]
-    return shapes
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def cyclic_decay(t):
-    return abs(np.cos(np.pi * t / PERIOD)) * np.exp(-0.01 * (np.mod(t, PERIOD) + 1))
-
-
-def reference_directions(name, grads_per_step):
-    """Plain NumPy (float64) directions u_t of DESIGN.md's formulas, one list per step."""
-    mu = [np.zeros_like(g) for g in grads_per_step[0]]
-    nu = [np.zeros_like(g) for g in grads_per_step[0]]
-    prev = [np.zeros_like(g) for g in grads_per_step[0]]
-    directions = []
-    for t, grads in enumerate(grads_per_step, start=1):
-        step_directions = []
-        r = cyclic_decay(t)
-        c, a = 2 - r, (9e-4 if abs(r) < 1e-6 else r)
-        for i, g in enumerate(grads):
-            mu[i] = B1 * mu[i] + (1 - B1) * g
-            nu[i] = B2 * nu[i] + (1 - B2) * g**2
-            adam = (mu[i] / (1 - B1**t)) / (np.sqrt(nu[i] / (1 - B2**t)) + EPS)
-            d = np.abs(g - nu[i])
-            d_hat = d / d.max() if d.size and d.max() > 0 else np.zeros_like(d)
-            friction = {
-                "adam": 1.0,
-                "diffgrad": sigmoid(np.abs(prev[i] - g)),
-                "dgrad": sigmoid(4 * d_hat),
-                "cos1": sigmoid(4 * c * d_hat),
-                "cos2": sigmoid(2 * c * d_hat) + sigmoid(4 * a) - 0.5,
-            }[name]
-            prev[i] = g
-            step_directions.append(friction * adam)
-        directions.append(step_directions)
-    return directions
+    """Parameter shapes of ``models``' ResNet50 (1000 classes), in tree-leaf order."""
+    model = get_model("resnet50", num_classes=1000)
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(
+        lambda key, x: model.init(key, x, train=False), jax.random.key(0), images
+    )
+    return [leaf.shape for leaf in jax.tree.leaves(variables["params"])]
 
 
 OPTIMIZERS = {
@@ -117,7 +58,7 @@ OPTIMIZERS = {
     "cos1": lambda: optax_dgrad.cos1(LEARNING_RATE, B1, B2, EPS, period=PERIOD),
     "cos2": lambda: optax_dgrad.cos2(LEARNING_RATE, B1, B2, EPS, period=PERIOD),
 }
-#: Arrays of parameter size each update must read or write at least (see the docstring).
+#: Arrays of parameter size each update must read or write at least (docs/optimizers.md).
 ARRAYS_MOVED = {"adam": 7, "diffgrad": 9, "dgrad": 9, "cos1": 9, "cos2": 9}
 
 
@@ -139,9 +80,7 @@ def check_against_reference(name, shapes, rng):
     step = make_step(optimizer)
     jax_params = [jnp.asarray(p) for p in params]
     state = optimizer.init(jax_params)
-    expected = reference_directions(
-        name, [[g.astype(np.float64) for g in grads] for grads in grads_per_step]
-    )
+    expected = reference_directions(name, grads_per_step, b1=B1, b2=B2, eps=EPS, period=PERIOD)
     for grads, directions in zip(grads_per_step, expected, strict=True):
         before = [np.asarray(p, np.float64) for p in jax_params]
         jax_params, state = step(jax_params, state, [jnp.asarray(g) for g in grads])
@@ -218,6 +157,7 @@ def main():
         raise RuntimeError(f"ResNet50 tree has {n_params} parameters, expected 25,557,032")
     bytes_per_array = 4 * n_params
 
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     for name in OPTIMIZERS:
         check_against_reference(name, shapes, rng)
@@ -266,6 +206,10 @@ def main():
         "device_kind": jax.devices()[0].device_kind,
         "cpu": platform.processor() or platform.machine(),
         "repeats": args.repeats,
+        # 1-minute load averages before and after: other processes on a shared machine
+        # slow all optimizers (they take turns), but add noise to the ratios.
+        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
+        "cpu_count": os.cpu_count(),
         "read_write_bandwidth_gb_s": bandwidth / 1e9,
         "jax": jax.__version__,
         "optax": optax.__version__,

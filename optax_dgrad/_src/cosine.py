@@ -31,7 +31,8 @@ def scale_by_cos1(
 
     The optimizer without its learning rate; see :func:`optax_dgrad.cos1` for the math
     and :mod:`optax_dgrad` for the interpretation choices, the handling of non-finite
-    gradients and the references.
+    gradients (a non-finite entry harms only itself; :func:`optax.apply_if_finite` skips
+    such steps) and the references.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
@@ -91,7 +92,8 @@ def scale_by_cos2(
 
     The optimizer without its learning rate; see :func:`optax_dgrad.cos2` for the math
     and :mod:`optax_dgrad` for the interpretation choices, the handling of non-finite
-    gradients and the references.
+    gradients (a non-finite entry harms only itself; :func:`optax.apply_if_finite` skips
+    such steps) and the references.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).

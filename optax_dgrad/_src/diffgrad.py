@@ -74,7 +74,7 @@ def scale_by_diffgrad(
 
     ``state.prev_grad`` equals the gradient received (non-finite entries included). A
     non-finite gradient entry makes that entry's moments and updates NaN from then on, as in
-    Adam, and harms no other entry.
+    Adam, and harms no other entry; :func:`optax.apply_if_finite` skips such steps.
 
     Args:
         b1: decay rate of the first moment, in [0, 1).
