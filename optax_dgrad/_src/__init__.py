@@ -1,0 +1,1 @@
+"""The implementation of optax_dgrad; the public names are exported by optax_dgrad."""
