@@ -10,47 +10,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trainer_testing import FAST, fast_config, load_scores, programs_for, programs_with, run
+from trainer_testing import small_digits as small_digits_dataset
 
 import train
-from data import ImageDataset, load_dataset
-
-FAST = dict(
-    model="resnet_tiny",
-    image_size=8,
-    epochs=2,
-    batch_size=16,
-    eval_batch_size=64,
-    checkpoint_every=1,
-    step_loop="python",
-)
+from data import ImageDataset
+from training.members import load_pretrained_members, member_keys
 
 
 @pytest.fixture(scope="module")
 def small_digits() -> ImageDataset:
-    """600 digits at 8x8 with two folds: big enough to learn something, fast to train."""
-    digits = load_dataset("digits", 8)
-    rng = np.random.default_rng(0)
-    keep = np.sort(rng.choice(len(digits.labels), 600, replace=False))
-    test_a, test_b = np.arange(0, 300), np.arange(300, 600)
-    return ImageDataset(
-        name="digits",
-        images=digits.images[keep],
-        labels=digits.labels[keep],
-        class_names=digits.class_names,
-        folds=((test_b, test_a), (test_a, test_b)),
-    )
-
-
-def run(tmp_path, dataset, name="run", **overrides):
-    config = train.TrainConfig(
-        **{**FAST, "out_dir": str(tmp_path / name), "strategy": "loop", **overrides}
-    )
-    return train.train_ensemble(config, dataset=dataset, progress=False)
-
-
-def load_scores(run_dir, fold, group):
-    with np.load(os.path.join(run_dir, "scores", f"fold{fold}", f"{group}.npz")) as f:
-        return {key: f[key] for key in f.files}
+    return small_digits_dataset()
 
 
 def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
@@ -80,10 +50,8 @@ def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
 
 def test_initial_parameters_differ_between_members(small_digits):
     config = train.TrainConfig(**FAST, optimizers={"adam": 2})
-    normalization = train.Normalization((0.5,) * 3, (0.5,) * 3)
-    programs = train.GroupPrograms(config, "adam", 10, "loop", None, normalization)
-    keys = jnp.stack([jax.random.key(train.member_seed(0, "adam", m)) for m in range(2)])
-    params = programs.init(keys).params
+    programs = programs_for(config, "adam", 2)
+    params = programs.init(member_keys(0, "adam", 0, 2)[0]).params
     kernels = [
         leaf
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
@@ -122,13 +90,15 @@ def test_strategies_compute_the_same_scores(tmp_path, small_digits, other):
     )
 
 
-def test_members_that_do_not_fill_every_device_are_padded(tmp_path, small_digits, monkeypatch):
+def test_members_that_do_not_fill_every_device_are_padded(tmp_path, small_digits):
     common = dict(optimizers={"dgrad": 3}, folds=(0,), epochs=1)
     reference = run(tmp_path, small_digits, "loop", **common)
-    two_devices = lambda members: train.Mesh(np.array(jax.devices()[:2]), ("members",))  # noqa: E731
-    monkeypatch.setattr(train, "member_mesh", two_devices)
-    monkeypatch.setattr(train, "_PROGRAM_CACHE", {})
-    padded = run(tmp_path, small_digits, "padded", strategy="sharded", **common)  # 4 slots
+    config = train.TrainConfig(
+        **{**FAST, **common, "out_dir": str(tmp_path / "padded"), "strategy": "sharded"}
+    )
+    padded = train.train_ensemble(  # 3 members on 2 devices: 4 slots
+        config, dataset=small_digits, progress=False, devices=jax.devices()[:2]
+    )
     scores = load_scores(padded.run_dir, 0, "dgrad")
     assert scores["scores"].shape[0] == 3 and len(scores["member_seeds"]) == 3
     np.testing.assert_allclose(
@@ -137,9 +107,7 @@ def test_members_that_do_not_fill_every_device_are_padded(tmp_path, small_digits
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
-def test_resume_after_interruption_gives_the_same_scores(
-    tmp_path, small_digits, checkpoint_every
-):
+def test_resume_after_interruption_gives_the_same_scores(tmp_path, small_digits, checkpoint_every):
     # Every 2 epochs: the kill in epoch 2 comes before the first checkpoint, so the resumed
     # run starts over and must drop the logged epoch-1 rows.
     common = dict(
@@ -186,28 +154,24 @@ def test_resume_after_interruption_gives_the_same_scores(
     assert len(rows) == 1 + 3 * 2  # header, then 3 epochs x 2 members, no duplicates
 
 
-def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
-    tmp_path, small_digits, monkeypatch, capsys
-):
+def test_a_diverging_member_is_reported_and_leaves_the_others_alone(tmp_path, small_digits, capsys):
     common = dict(optimizers={"adam": 3}, folds=(0,), epochs=1)
     healthy = run(tmp_path, small_digits, "healthy", **common)
 
-    original_init = train.GroupPrograms.__init__
-
-    def init_with_a_broken_member(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        clean_init = self.init
-
+    def poison_member_1(clean_init):
         def poisoned(keys):
             state = clean_init(keys)
             params = jax.tree.map(lambda leaf: leaf.at[1].set(jnp.nan), state.params)
             return state._replace(params=params)
 
-        self.init = poisoned
+        return poisoned
 
-    monkeypatch.setattr(train.GroupPrograms, "__init__", init_with_a_broken_member)
-    monkeypatch.setattr(train, "_PROGRAM_CACHE", {})  # build the programs anew, poisoned
-    broken = run(tmp_path, small_digits, "broken", **common)
+    config = train.TrainConfig(
+        **{**FAST, **common, "out_dir": str(tmp_path / "broken"), "strategy": "loop"}
+    )
+    broken = train.train_ensemble(
+        config, dataset=small_digits, progress=False, build_programs=programs_with(poison_member_1)
+    )
     assert "adam member 1 diverged" in capsys.readouterr().err
     assert broken.groups["adam"].diverged == [1]
     scores = load_scores(broken.run_dir, 0, "adam")
@@ -324,27 +288,26 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
     scores = load_scores(str(out_dir), 0, "cos1")
     assert scores["scores"].shape == (2, 360, 10)
     assert (out_dir / "logs" / "fold0" / "cos1.csv").exists()
-    assert any((out_dir / "checkpoints" / "fold0" / "cos1").iterdir())
+    assert not (out_dir / "checkpoints" / "fold0").exists()  # removed once scored
     assert train.main(["--out-dir", str(out_dir), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
 
 def test_pretrained_weights_reach_every_member_but_heads_stay_their_own(tmp_path):
-    from models.pretrained import save_torchvision_safetensors
+    from pretrained_exporters import save_torchvision_safetensors
 
     config = train.TrainConfig(**{**FAST, "optimizers": {"sgd": 2}, "stride_placement": "v1.5"})
-    programs = train.GroupPrograms(
-        config, "sgd", 10, "loop", None, train.Normalization((0.5,) * 3, (0.5,) * 3)
-    )
+    programs = programs_for(config, "sgd", 2)
     donor_keys = jnp.stack([jax.random.key(123)])
     donor = jax.tree.map(lambda leaf: np.asarray(leaf[0]), programs.init(donor_keys))
     weights = tmp_path / "donor.safetensors"
     save_torchvision_safetensors(
         {"params": donor.params, "batch_stats": donor.batch_stats}, str(weights)
     )
-    keys = jnp.stack([jax.random.key(train.member_seed(0, "sgd", m)) for m in range(2)])
-    fresh = programs.init(keys)
-    loaded = train._load_pretrained_members(fresh, str(weights), programs)
+    fresh = programs.init(member_keys(0, "sgd", 0, 2)[0])
+    loaded = load_pretrained_members(
+        fresh, str(weights), init_optimizer=programs.tx.init, stride_placement="v1.5"
+    )
     for m in range(2):
         for name in donor.params:
             got = jax.tree.map(lambda leaf, m=m: np.asarray(leaf[m]), loaded.params[name])
@@ -360,20 +323,20 @@ def test_pretrained_weights_reach_every_member_but_heads_stay_their_own(tmp_path
     assert not np.allclose(loaded.params["head"]["kernel"][0], loaded.params["head"]["kernel"][1])
 
 
-def test_a_member_with_finite_losses_but_broken_scores_is_excluded(
-    tmp_path, small_digits, monkeypatch, capsys
-):
+def test_a_member_with_finite_losses_but_broken_scores_is_excluded(tmp_path, small_digits, capsys):
     # A last update that breaks a member shows only in its test scores (each loss is taken
     # before its update): inject that at the prediction boundary.
-    clean_predict = train.predict_members
+    def break_member_0(clean_predict):
+        def predict(state, images):
+            return clean_predict(state, images).at[0, 5].set(jnp.nan)
 
-    def predict_with_a_broken_member(programs, state, images):
-        scores = clean_predict(programs, state, images)
-        scores[0, 5] = np.nan
-        return scores
+        return predict
 
-    monkeypatch.setattr(train, "predict_members", predict_with_a_broken_member)
-    result = run(tmp_path, small_digits, optimizers={"sgd": 2}, folds=(0,), epochs=1)
+    config = fast_config(tmp_path, optimizers={"sgd": 2}, folds=(0,), epochs=1)
+    build = programs_with(wrap_predict=break_member_0)
+    result = train.train_ensemble(
+        config, dataset=small_digits, progress=False, build_programs=build
+    )
     assert "sgd member 0 gives non-finite test scores" in capsys.readouterr().err
     scores = load_scores(result.run_dir, 0, "sgd")
     np.testing.assert_array_equal(scores["diverged"], [True, False])

@@ -1,0 +1,259 @@
+"""The run directory under misuse: overwrite, bad weights, damaged files, locks, Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainer_testing import fast_config, load_scores, run, small_digits
+
+import train
+from training.run_dir import RunDirectoryError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CLI = ["--optimizers", "sgd:1", "--epochs", "1", "--folds", "0", "--batch-size", "64",
+            "--no-progress"]  # fmt: skip
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(epoch: int, step: int):
+    def on_step(group, fold, at_epoch, at_step):
+        if (at_epoch, at_step) == (epoch, step):
+            raise Killed
+
+    return on_step
+
+
+def interrupted_run(tmp_path, name, **overrides):
+    """A run killed in its second epoch, after the checkpoint of its first."""
+    config = fast_config(tmp_path, name, **overrides)
+    with pytest.raises(Killed):
+        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3))
+    return config
+
+
+RESUMABLE = dict(optimizers={"diffgrad": 2}, folds=(0,), epochs=3, augment="paper")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("whole"), small_digits(), "whole", **RESUMABLE)
+
+
+# --- 1. --overwrite validates first and removes only what the trainer wrote ---------------
+
+
+def test_overwrite_checks_everything_before_deleting(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*TINY_CLI, "--out-dir", str(out)]) == 0
+    before = (out / "scores" / "fold0" / "sgd.npz").read_bytes()
+    assert train.main([*TINY_CLI, "--out-dir", str(out), "--overwrite", "--epochs", "0"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+    assert (out / "scores" / "fold0" / "sgd.npz").read_bytes() == before
+
+    (out / "sub").mkdir()
+    (out / "sub" / "thesis.tex").write_text("months of work")
+    assert train.main([*TINY_CLI, "--out-dir", str(out), "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert "removes only what the trainer writes" in error and "'sub'" in error
+    assert (out / "sub" / "thesis.tex").read_text() == "months of work"
+    assert (out / "config.json").exists() and (out / "scores" / "fold0" / "sgd.npz").exists()
+
+    (out / "sub" / "thesis.tex").unlink()
+    (out / "sub").rmdir()
+    assert train.main([*TINY_CLI, "--out-dir", str(out), "--overwrite", "--seed", "3"]) == 0
+    assert (out / "scores" / "fold0" / "sgd.npz").read_bytes() != before  # a new run
+
+
+# --- 2. a bad weight file leaves no run directory behind ---------------------------------
+
+
+def test_a_bad_weight_file_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    out = tmp_path / "run"
+    not_weights = tmp_path / "hostname"
+    not_weights.write_text("my-laptop\n")
+    assert train.main([*TINY_CLI, "--out-dir", str(out), "--weights", str(not_weights)]) == 2
+    assert str(not_weights) in capsys.readouterr().err
+    assert not out.exists()
+    assert train.main([*TINY_CLI, "--out-dir", str(out)]) == 0  # the corrected command runs
+
+
+# --- 3. a damaged checkpoint is reported, dropped, and the result is unchanged -----------
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(checkpoint: Path) -> None:
+    data = _largest_file(checkpoint / "state")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+def _remove_state(checkpoint: Path) -> None:
+    import shutil
+
+    shutil.rmtree(checkpoint / "state")
+
+
+def _flip_bytes(checkpoint: Path) -> None:
+    data = _largest_file(checkpoint / "state")
+    content = bytearray(data.read_bytes())
+    middle = len(content) // 2
+    content[middle : middle + 64] = bytes(b ^ 0xFF for b in content[middle : middle + 64])
+    data.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _remove_state, _flip_bytes])
+def test_a_damaged_checkpoint_is_dropped_and_the_scores_are_unchanged(
+    tmp_path, uninterrupted, damage, capsys
+):
+    config = interrupted_run(tmp_path, "resumed", **RESUMABLE)
+    checkpoint = Path(config.out_dir) / "checkpoints" / "fold0" / "diffgrad" / "1"
+    assert checkpoint.is_dir()
+    damage(checkpoint)
+    steps = []
+    train.train_ensemble(
+        config,
+        dataset=small_digits(),
+        progress=False,
+        resume=True,
+        on_step=lambda *where: steps.append(where),
+    )
+    assert f"checkpoint {checkpoint} cannot be used" in capsys.readouterr().err
+    assert {epoch for _, _, epoch, _ in steps} == {0, 1, 2}  # trained again from scratch
+    np.testing.assert_array_equal(
+        load_scores(config.out_dir, 0, "diffgrad")["scores"],
+        load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
+    )
+
+
+# --- 4. checkpoints of finished fold/groups are removed unless asked to keep them --------
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_checkpoints_are_removed_unless_kept(tmp_path, keep):
+    result = run(tmp_path, small_digits(), optimizers={"sgd": 1}, folds=(0,), epochs=1,
+                 keep_checkpoints=keep)  # fmt: skip
+    group_checkpoints = Path(result.run_dir) / "checkpoints" / "fold0" / "sgd"
+    assert group_checkpoints.is_dir() == keep
+    assert (Path(result.run_dir) / "scores" / "fold0" / "sgd.npz").exists()
+
+
+# --- 5. one trainer per run directory -----------------------------------------------------
+
+
+def test_a_second_trainer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    config = fast_config(tmp_path, optimizers={"sgd": 1}, folds=(0,), epochs=1)
+    os.makedirs(config.out_dir)
+    with open(os.path.join(config.out_dir, "train.lock"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on other-host\n")
+        held.flush()
+        with pytest.raises(RunDirectoryError, match="in use by pid 4242 on other-host"):
+            train.train_ensemble(config, dataset=small_digits(), progress=False)
+    assert not os.path.exists(os.path.join(config.out_dir, "config.json"))
+    # The holder is gone; its lock file stays behind, stale, and does not block.
+    train.train_ensemble(config, dataset=small_digits(), progress=False)
+    assert os.path.exists(os.path.join(config.out_dir, "scores", "fold0", "sgd.npz"))
+
+
+# --- 6. logs: a broken row of a killed run does not survive the resume -------------------
+
+
+def test_a_truncated_log_is_rebuilt_on_resume(tmp_path, uninterrupted):
+    config = interrupted_run(tmp_path, "resumed", **RESUMABLE)
+    log = Path(config.out_dir) / "logs" / "fold0" / "diffgrad.csv"
+    text = log.read_text()
+    log.write_text(text[: len(text) - 7])  # cut the last row in the middle
+    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    expected = (Path(uninterrupted.run_dir) / "logs" / "fold0" / "diffgrad.csv").read_text()
+    assert log.read_text() == expected
+
+
+# --- 7. damaged files met on --resume -----------------------------------------------------
+
+
+def test_a_damaged_score_file_is_trained_again(tmp_path, capsys):
+    finished = run(tmp_path, small_digits(), optimizers={"sgd": 2}, folds=(0,), epochs=1)
+    config = fast_config(tmp_path, optimizers={"sgd": 2}, folds=(0,), epochs=1)
+    path = Path(finished.run_dir) / "scores" / "fold0" / "sgd.npz"
+    original = load_scores(finished.run_dir, 0, "sgd")["scores"]
+    path.write_bytes(path.read_bytes()[:100])
+    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    error = capsys.readouterr().err
+    assert str(path) in error and "trained again" in error
+    np.testing.assert_array_equal(load_scores(finished.run_dir, 0, "sgd")["scores"], original)
+
+    other = run(tmp_path, small_digits(), "one", optimizers={"sgd": 1}, folds=(0,), epochs=1)
+    path.write_bytes((Path(other.run_dir) / "scores" / "fold0" / "sgd.npz").read_bytes())
+    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    error = capsys.readouterr().err
+    assert str(path) in error and "shape" in error
+    np.testing.assert_array_equal(load_scores(finished.run_dir, 0, "sgd")["scores"], original)
+
+
+def test_an_empty_config_json_is_named(tmp_path):
+    config = fast_config(tmp_path, optimizers={"sgd": 1}, folds=(0,), epochs=1)
+    os.makedirs(config.out_dir)
+    Path(config.out_dir, "config.json").write_text("")
+    with pytest.raises(ValueError, match=r"config\.json"):
+        train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+
+
+# --- 8. Ctrl-C -----------------------------------------------------------------------------
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    command = [sys.executable, "train.py", "--optimizers", "sgd:1", "--epochs", "50",
+               "--no-progress", "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout.readline().startswith("member strategy:")
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in error
+    assert error.strip().splitlines()[-1].startswith("interrupted; run the same command with")
+
+
+# --- 9-11. flags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--b1", "--eps", "--weight-decay",
+                                  "--momentum", "--b2"])  # fmt: skip
+def test_non_finite_hyperparameters_are_refused(tmp_path, flag, capsys):
+    assert train.main([*TINY_CLI, flag, "inf", "--out-dir", str(tmp_path / "r")]) == 2
+    assert "must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_accepts_settings_that_do_not_change_the_scores(tmp_path, uninterrupted):
+    config = interrupted_run(tmp_path, "resumed", **RESUMABLE)
+    changed = dataclasses.replace(config, strategy="vmap", step_loop="python", scan_unroll=3,
+                                  eval_batch_size=7, checkpoint_every=2)  # fmt: skip
+    train.train_ensemble(changed, dataset=small_digits(), progress=False, resume=True)
+    np.testing.assert_allclose(
+        load_scores(config.out_dir, 0, "diffgrad")["scores"],
+        load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
+        atol=1e-3,
+    )
+    with pytest.raises(ValueError, match=r"differs in \['learning_rate'\]"):
+        train.train_ensemble(dataclasses.replace(config, learning_rate=0.1),
+                             dataset=small_digits(), progress=False, resume=True)  # fmt: skip
+
+
+def test_a_group_with_an_empty_member_count_is_an_error():
+    with pytest.raises(ValueError, match="'dgrad:' in --optimizers 'dgrad:' has no member count"):
+        train.parse_optimizer_groups("dgrad:")

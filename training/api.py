@@ -1,0 +1,249 @@
+"""``train_ensemble``: a run from config to score files, and its result and summary.
+
+It reads top-down as the data flows: config -> data and folds -> checks (weights, run
+directory) -> run directory -> per group: placement and programs -> per fold: train, score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from data import ImageDataset, iter_folds, load_dataset
+from ensembling.fusion import sum_rule_accuracy
+from ensembling.score_files import ScoreFileError, read_score_file, write_score_file
+from ensembling.tables import accuracy_mean_and_std
+from models.pretrained import check_pretrained, preprocessing_for
+from training.config import TrainConfig, validate_config
+from training.fold import Fold, FoldOutcome, GroupRun, StepCallback, train_fold, warn
+from training.members import member_seeds
+from training.placement import Placement, describe_placement, resolve_placement
+from training.programs import GroupPrograms, ProgramFactory, ProgramSpec, group_programs
+from training.run_dir import RunDirectory
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """One optimizer group's outcome over the trained folds.
+
+    Attributes:
+      member_accuracy: each member's accuracy on the test splits of all trained folds pooled.
+      fused_accuracy: the sum-rule accuracy of the group's non-diverged members.
+      diverged: indices of members whose loss became NaN or inf in any fold.
+      seconds: wall time spent training and evaluating the group.
+    """
+
+    member_accuracy: np.ndarray
+    fused_accuracy: float
+    diverged: list[int]
+    seconds: float
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_ensemble` returns; the score files in ``run_dir`` hold the rest."""
+
+    run_dir: str
+    strategy: str
+    step_loop: str
+    groups: dict[str, GroupResult]
+    fused_accuracy: float  # all non-diverged members of all groups, sum rule
+
+
+def select_folds(config: TrainConfig, dataset: ImageDataset) -> list[Fold]:
+    """The folds ``config`` asks for; ValueError if one is missing or a batch does not fit."""
+    folds = [
+        Fold(index, train, test)
+        for index, train, test in iter_folds(dataset)
+        if config.folds is None or index in config.folds
+    ]
+    if config.folds is not None:
+        missing = sorted(set(config.folds) - {fold.index for fold in folds})
+        if missing:
+            raise ValueError(
+                f"folds {missing} do not exist; {dataset.name} has "
+                f"{len(dataset.folds)} folds (0-based)"
+            )
+    smallest = min(len(fold.train_indices) for fold in folds)
+    if config.batch_size > smallest:
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the smallest training "
+            f"split ({smallest} images) of {dataset.name}"
+        )
+    return folds
+
+
+def _check_weights(config: TrainConfig, num_classes: int) -> None:
+    """Opens the weight file and matches it against the model, without initialising it."""
+    if config.weights is None:
+        return
+    spec = ProgramSpec.for_group(
+        config,
+        next(iter(config.optimizers)),
+        num_classes,
+        Placement("loop", "loop", "python", None, 1),
+        preprocessing_for(config.weights),
+    )
+    programs = GroupPrograms(spec)
+    shapes = jax.eval_shape(programs.init, jax.random.split(jax.random.key(0), 1))
+    variables = {
+        "params": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                               shapes.params),
+        "batch_stats": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                                    shapes.batch_stats),
+    }  # fmt: skip
+    check_pretrained(config.weights, variables, stride_placement=config.stride_placement)
+
+
+def _read_finished(run_dir: RunDirectory, fold: Fold, group: str, members: int):
+    """A finished fold/group's saved scores, or None (with a warning) if it must train again."""
+    path = run_dir.scores_path(fold.index, group)
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = read_score_file(path)
+    except (ScoreFileError, OSError) as error:
+        warn(f"warning: {error}; fold {fold.index} of {group} is trained again")
+        return None
+    expected = (members, len(fold.test_indices))
+    if saved.scores.shape[:2] != expected:
+        warn(
+            f"warning: score file {path} holds scores of shape {saved.scores.shape}, expected "
+            f"{expected} + (classes,); fold {fold.index} of {group} is trained again"
+        )
+        return None
+    return FoldOutcome(saved.scores, saved.diverged)
+
+
+def train_ensemble(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+    dataset: ImageDataset | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    build_programs: ProgramFactory = group_programs,
+) -> TrainResult:
+    """Trains every optimizer group's members on every fold and writes their scores.
+
+    Everything is checked (config, data, folds, weights, run directory) before anything is
+    written or deleted.
+
+    Args:
+      config: the run (see :class:`TrainConfig`).
+      resume: continue the run in ``config.out_dir`` from its last checkpoints; folds and
+        groups with a good score file are not trained again.
+      overwrite: replace the run in ``config.out_dir``; only what the trainer wrote is
+        removed, and a directory holding anything else is refused.
+      progress: show a tqdm progress bar over epochs.
+      on_step: called as ``on_step(group, fold, epoch, step)`` after each step of the Python
+        step loop (for logging, or to interrupt a run); with ``step_loop="scan"`` the host
+        sees no step boundary, so it is not called.
+      dataset: an already loaded data set to use instead of loading ``config.dataset``.
+      devices: the devices of the ``sharded`` strategy (default: all of them).
+      build_programs: ``ProgramSpec -> GroupPrograms``; the default caches compiled programs
+        across calls. Pass another factory to wrap or instrument the programs.
+
+    Returns:
+      A :class:`TrainResult` with the stand-alone and fused accuracies per group.
+
+    Example:
+      >>> result = train_ensemble(TrainConfig(optimizers={"dgrad": 2}, epochs=1,
+      ...                                     out_dir="/tmp/dgrad-run"))  # doctest: +SKIP
+    """
+    validate_config(config)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.image_size, data_dir=config.data_dir)
+    folds = select_folds(config, dataset)
+    num_classes = len(dataset.class_names)
+    normalization = preprocessing_for(config.weights)
+    placements = {
+        group: resolve_placement(config.strategy, config.step_loop, members, devices)
+        for group, members in config.optimizers.items()
+    }
+    _check_weights(config, num_classes)
+    train_rows = max(len(fold.train_indices) for fold in folds)
+
+    with RunDirectory.open(config, resume=resume, overwrite=overwrite) as run_dir:
+        largest = max(config.optimizers, key=config.optimizers.get)
+        print(describe_placement(placements[largest], config.strategy, config.step_loop))
+        total_epochs = len(config.optimizers) * len(folds) * config.epochs
+        bar = tqdm(total=total_epochs, unit="epoch", disable=not progress or jax.process_index())
+        groups: dict[str, GroupResult] = {}
+        fused_scores = []
+        for name, members in config.optimizers.items():
+            started = time.perf_counter()
+            spec = ProgramSpec.for_group(config, name, num_classes, placements[name],
+                                         normalization)  # fmt: skip
+            group = GroupRun(config, name, members, placements[name], build_programs(spec),
+                             train_rows)  # fmt: skip
+            outcomes = []
+            for fold in folds:
+                bar.set_description(f"{name} fold {fold.index}")
+                outcome = _read_finished(run_dir, fold, name, members) if resume else None
+                if outcome is not None:
+                    bar.update(config.epochs)
+                else:
+                    outcome = train_fold(group, dataset, fold, run_dir, progress=bar,
+                                         on_step=on_step)  # fmt: skip
+                    if jax.process_index() == 0:
+                        write_score_file(
+                            run_dir.scores_path(fold.index, name),
+                            scores=outcome.scores,
+                            labels=dataset.labels[fold.test_indices],
+                            test_indices=fold.test_indices,
+                            class_names=dataset.class_names,
+                            member_seeds=member_seeds(config.seed, name, members),
+                            diverged=outcome.diverged,
+                            optimizer=name,
+                            fold=fold.index,
+                            dataset=dataset.name,
+                        )
+                if jax.process_index() == 0 and not config.keep_checkpoints:
+                    run_dir.remove_checkpoints(fold.index, name)
+                outcomes.append(outcome)
+            scores = np.concatenate([o.scores for o in outcomes], axis=1)
+            labels = np.concatenate([dataset.labels[fold.test_indices] for fold in folds])
+            diverged = np.any([o.diverged for o in outcomes], axis=0)
+            groups[name] = GroupResult(
+                member_accuracy=(scores.argmax(-1) == labels).mean(-1),
+                fused_accuracy=sum_rule_accuracy(scores[~diverged], labels),
+                diverged=np.flatnonzero(diverged).tolist(),
+                seconds=time.perf_counter() - started,
+            )
+            fused_scores.append(scores[~diverged])
+        bar.close()
+    fused = sum_rule_accuracy(np.concatenate(fused_scores), labels)
+    placement = placements[largest]
+    return TrainResult(run_dir.path, placement.strategy, placement.step_loop, groups, fused)
+
+
+def format_summary(result: TrainResult) -> str:
+    """A Markdown table of stand-alone and fused accuracies per group."""
+    lines = [
+        "| group | members | stand-alone accuracy (mean ± std) | fused (sum rule) | "
+        "diverged | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, outcome in result.groups.items():
+        healthy = np.delete(outcome.member_accuracy, outcome.diverged)
+        mean, std = accuracy_mean_and_std(healthy)
+        spread = "n/a" if math.isnan(std) else f"{100 * std:.2f}"  # one member: no spread
+        stand_alone = f"{100 * mean:.2f} ± {spread}" if healthy.size else "n/a"
+        lines.append(
+            f"| {group} | {len(outcome.member_accuracy)} | {stand_alone} | "
+            f"{100 * outcome.fused_accuracy:.2f} | {outcome.diverged or '-'} | "
+            f"{outcome.seconds:.0f} |"
+        )
+    members = sum(len(g.member_accuracy) - len(g.diverged) for g in result.groups.values())
+    lines.append(f"| all | {members} | | {100 * result.fused_accuracy:.2f} | | |")
+    return "\n".join(lines)

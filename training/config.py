@@ -1,0 +1,256 @@
+"""The run's configuration: ``TrainConfig``, its presets, validation and JSON form.
+
+Each field carries its CLI help text, so ``train.py`` builds its parser from the fields and
+the two can never disagree. A field marked ``affects_results=False`` (how members share a
+program, checkpoint cadence, batching of the evaluation) may change when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from data.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, AugmentConfig
+from models import MODEL_NAMES
+from training.optimizers import OPTIMIZER_NAMES
+
+MEMBER_STRATEGIES = ("auto", "vmap", "loop", "sharded")
+STEP_LOOPS = ("auto", "python", "scan")
+AUGMENTATIONS = {
+    "paper": PAPER_AUGMENTATION,
+    "none": NO_AUGMENTATION,
+    "scale": AugmentConfig(reflect=False, min_scale=1.0, max_scale=2.0),
+}
+DTYPES = ("float32", "bfloat16")
+STRIDE_PLACEMENTS = ("v1", "v1.5")
+
+
+def parse_optimizer_groups(text: str) -> dict[str, int]:
+    """Parses ``"sgd:14,dgrad:7"`` into ``{"sgd": 14, "dgrad": 7}``; a bare name means 1."""
+    groups: dict[str, int] = {}
+    for item in text.split(","):
+        name, colon, count = item.strip().partition(":")
+        name = name.strip().lower()
+        if name not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"unknown optimizer {name!r} in --optimizers {text!r}; known: "
+                f"{', '.join(OPTIMIZER_NAMES)}"
+            )
+        if colon and not count.strip():
+            raise ValueError(f"{item.strip()!r} in --optimizers {text!r} has no member count")
+        try:
+            members = int(count) if colon else 1
+        except ValueError:
+            raise ValueError(f"member count {count!r} for {name!r} is not an integer") from None
+        if name in groups:
+            raise ValueError(f"optimizer {name!r} is listed twice in --optimizers {text!r}")
+        groups[name] = members
+    return groups
+
+
+def format_optimizer_groups(groups: Mapping[str, int]) -> str:
+    """The inverse of :func:`parse_optimizer_groups`."""
+    return ",".join(f"{name}:{members}" for name, members in groups.items())
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """Parses ``"0,2"`` into ``(0, 2)``."""
+    try:
+        folds = tuple(int(fold) for fold in text.split(","))
+    except ValueError:
+        raise ValueError(f"--folds {text!r} is not a comma-separated list of integers") from None
+    if any(fold < 0 for fold in folds):
+        raise ValueError(f"--folds {text!r}: folds are counted from 0")
+    return folds
+
+
+def _field(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    choices: tuple[str, ...] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    affects_results: bool = True,
+) -> Any:
+    metadata = dict(help=help, choices=choices, parse=parse, affects_results=affects_results)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _default_groups() -> dict[str, int]:
+    return {name: 3 for name in OPTIMIZER_NAMES}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run; saved as ``config.json`` in the run directory.
+
+    Every field is a ``train.py`` flag (``image_size`` is ``--image-size``); its help text is
+    the field's ``metadata["help"]``, printed by ``python train.py --help``.
+    """
+
+    dataset: str = _field("digits", "digits (embedded, offline), hela, bg, lar or folder:PATH")
+    data_dir: str | None = _field(None, "directory of the TFDS builds of hela/bg/lar")
+    model: str = _field("resnet_tiny", "model name, one of models.MODEL_NAMES")
+    stride_placement: str = _field(
+        "v1",
+        "where a down-sampling bottleneck strides: v1 (the paper's and Keras' ResNet50) or "
+        "v1.5 (torchvision/timm weights)",
+        choices=STRIDE_PLACEMENTS,
+    )
+    image_size: int = _field(8, "side of the square model input, in pixels")
+    optimizers: Mapping[str, int] = _field(
+        default_factory=_default_groups,
+        help=f"groups as name:members, comma separated, from {', '.join(OPTIMIZER_NAMES)}",
+        parse=parse_optimizer_groups,
+    )
+    epochs: int = _field(6, "passes over the training split per fold")
+    batch_size: int = _field(32, "images per step per member; the last partial batch is dropped")
+    learning_rate: float = _field(1e-3, "learning rate of every optimizer")
+    b1: float = _field(0.9, "first-moment decay of the Adam-like optimizers")
+    b2: float = _field(0.999, "second-moment decay of the Adam-like optimizers")
+    eps: float = _field(1e-8, "epsilon of the Adam-like optimizers")
+    momentum: float = _field(0.9, "SGD's momentum (the paper's SGD uses 0.9)")
+    weight_decay: float = _field(0.0, "coupled L2 weight decay added to the gradient (0: none)")
+    seed: int = _field(0, "run seed; every member's keys derive from it, the group and the member")
+    folds: tuple[int, ...] | None = _field(
+        None, "comma-separated 0-based folds to train (default: all)", parse=parse_folds
+    )
+    dtype: str = _field(
+        "float32", "computation dtype; parameters and optimizer state stay float32", choices=DTYPES
+    )
+    weights: str | None = _field(
+        None, "ImageNet weight file (.safetensors, .pth, Keras .h5) to fine-tune from"
+    )
+    augment: str = _field(
+        "none",
+        "training augmentation: paper (reflections, x/y scales in [1, 2]), scale, none",
+        choices=tuple(sorted(AUGMENTATIONS)),
+    )
+    strategy: str = _field(
+        "auto",
+        "how a group's members share a program: vmap, loop, sharded or auto",
+        choices=MEMBER_STRATEGIES,
+        affects_results=False,
+    )
+    step_loop: str = _field(
+        "auto",
+        "python (a jitted step per batch), scan (an epoch in one lax.scan) or auto",
+        choices=STEP_LOOPS,
+        affects_results=False,
+    )
+    scan_unroll: int = _field(8, "steps unrolled per scan iteration", affects_results=False)
+    eval_batch_size: int = _field(256, "test images per prediction call", affects_results=False)
+    checkpoint_every: int = _field(
+        1, "epochs between orbax checkpoints, 0 for none", affects_results=False
+    )
+    keep_checkpoints: bool = _field(
+        False,
+        "keep a fold/group's checkpoints after its score file is written (default: remove them)",
+        affects_results=False,
+    )
+    out_dir: str = _field("runs/default", "the run directory", affects_results=False)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's protocol: ResNet50 fine-tuned at 224x224, batch 30, 20 epochs, lr 1e-3,
+    # 14 networks for SGD and DGrad and 7 for the others (the members its Table 2 uses).
+    "paper": dict(
+        model="resnet50",
+        image_size=224,
+        batch_size=30,
+        epochs=20,
+        learning_rate=1e-3,
+        b1=0.9,
+        b2=0.999,
+        augment="paper",
+        dataset="hela",
+        optimizers={"sgd": 14, "adam": 7, "diffgrad": 7, "dgrad": 14, "cos1": 7, "cos2": 7},
+    ),
+    "default": {},
+}
+
+RESULT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.metadata["affects_results"]
+)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raises ValueError naming the first setting that cannot work, before any training."""
+    if not config.optimizers:
+        raise ValueError("optimizers is empty: name at least one group, e.g. {'dgrad': 7}")
+    for name, members in config.optimizers.items():
+        if name not in OPTIMIZER_NAMES:
+            raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_NAMES)}")
+        if not isinstance(members, (int, np.integer)) or isinstance(members, bool):
+            raise ValueError(f"optimizer group {name!r}: member count {members!r} is not an int")
+        if members < 1:
+            raise ValueError(f"optimizer group {name!r} needs at least 1 member, got {members!r}")
+    if config.model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODEL_NAMES)}")
+    for field in ("learning_rate", "b1", "b2", "eps", "momentum", "weight_decay"):
+        if not math.isfinite(getattr(config, field)):
+            raise ValueError(f"{field} must be a finite number, got {getattr(config, field)!r}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {config.learning_rate!r}")
+    for field in ("b1", "b2", "momentum"):
+        if not 0 <= getattr(config, field) < 1:
+            raise ValueError(f"{field} must be in [0, 1), got {getattr(config, field)!r}")
+    for field in ("eps", "weight_decay"):
+        if not getattr(config, field) >= 0:
+            raise ValueError(f"{field} must be >= 0, got {getattr(config, field)!r}")
+    for field, minimum in (
+        ("epochs", 1),
+        ("batch_size", 1),
+        ("image_size", 8),
+        ("eval_batch_size", 1),
+        ("scan_unroll", 1),
+        ("checkpoint_every", 0),
+    ):
+        if getattr(config, field) < minimum:
+            raise ValueError(f"{field} must be >= {minimum}, got {getattr(config, field)!r}")
+    for field, allowed in (
+        ("strategy", MEMBER_STRATEGIES),
+        ("step_loop", STEP_LOOPS),
+        ("augment", tuple(AUGMENTATIONS)),
+        ("stride_placement", STRIDE_PLACEMENTS),
+        ("dtype", DTYPES),
+    ):
+        if getattr(config, field) not in allowed:
+            raise ValueError(f"{field} {getattr(config, field)!r} is not one of {allowed}")
+    if config.weights is not None and not os.path.isfile(config.weights):
+        raise ValueError(f"weights file {config.weights!r} does not exist")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise ValueError(f"data directory {config.data_dir!r} does not exist")
+
+
+def config_to_json(config: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON values (the form of ``config.json``)."""
+    values = dataclasses.asdict(config)
+    values["optimizers"] = dict(config.optimizers)
+    values["folds"] = list(config.folds) if config.folds is not None else None
+    return values
+
+
+def read_config_json(path: str) -> dict[str, Any]:
+    """A run directory's ``config.json``; ValueError naming the file if it is not a config."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the run's config {path!r}: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path!r} holds {type(values).__name__}, not a JSON object of settings")
+    return values
+
+
+def result_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """The result-affecting fields in which a saved ``config.json`` and ``config`` differ."""
+    current = config_to_json(config)
+    return sorted(name for name in RESULT_FIELDS if saved.get(name) != current[name])

@@ -1,0 +1,180 @@
+"""One optimizer group on one fold: epochs, divergence, checkpoints, test scores.
+
+The data flow of a fold, in the order of :func:`train_fold`: member keys -> init (and
+pretrained weights) -> the fold's arrays on the device(s) -> resume from the newest good
+checkpoint -> per epoch: each member's order and augmentation key -> steps -> divergence
+and log -> checkpoint -> test-set softmax scores per member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from data import ImageDataset
+from training.config import TrainConfig
+from training.members import epoch_randomness, load_pretrained_members, member_keys
+from training.placement import Placement, replicate, to_host
+from training.programs import GroupData, GroupPrograms, predict_members
+from training.run_dir import RunDirectory
+
+StepCallback = Callable[[str, int, int, int], None]
+
+
+class Fold(NamedTuple):
+    """One fold of the data set's protocol: its index and row indices."""
+
+    index: int
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRun:
+    """One optimizer group of a run, with what every fold of it shares.
+
+    Attributes:
+      config: the run's config.
+      name: the group name (``"dgrad"``).
+      members: how many members it trains.
+      placement: the members' strategy, step loop and mesh.
+      programs: its compiled programs.
+      train_rows: rows of the padded training array (the largest fold's training split).
+    """
+
+    config: TrainConfig
+    name: str
+    members: int
+    placement: Placement
+    programs: GroupPrograms
+    train_rows: int
+
+
+class FoldOutcome(NamedTuple):
+    """A trained fold/group: softmax scores [members, n_test, classes], bool diverged."""
+
+    scores: np.ndarray
+    diverged: np.ndarray
+
+
+def warn(message: str) -> None:
+    """Prints a warning above the progress bar, once per run (process 0 of several)."""
+    if jax.process_index() == 0:
+        tqdm.write(message, file=sys.stderr)
+
+
+def _fold_data(dataset: ImageDataset, fold: Fold, rows: int, placement: Placement) -> GroupData:
+    images = np.zeros((rows,) + dataset.images.shape[1:], np.uint8)
+    labels = np.zeros((rows,), np.int32)
+    images[: len(fold.train_indices)] = dataset.images[fold.train_indices]
+    labels[: len(fold.train_indices)] = dataset.labels[fold.train_indices]
+    return GroupData(
+        replicate(images, placement.mesh),
+        replicate(labels, placement.mesh),
+        jnp.asarray(len(fold.train_indices), jnp.int32),
+    )
+
+
+def _initial_state(group: GroupRun, init_keys: jax.Array) -> Any:
+    state = group.programs.init(init_keys)
+    if group.config.weights is None:
+        return state
+    return load_pretrained_members(
+        state,
+        group.config.weights,
+        init_optimizer=group.programs.tx.init,
+        stride_placement=group.programs.model.stride_placement,
+        sharding=group.programs.member_sharding,
+    )
+
+
+def train_fold(
+    group: GroupRun,
+    dataset: ImageDataset,
+    fold: Fold,
+    run_dir: RunDirectory,
+    *,
+    progress: tqdm | None = None,
+    on_step: StepCallback | None = None,
+) -> FoldOutcome:
+    """Trains one group's members on one fold and returns their test scores and divergence.
+
+    Resumes from the newest good checkpoint of this fold and group when there is one.
+    """
+    config, placement, programs = group.config, group.placement, group.programs
+    slots, members = placement.slots, group.members
+    init_keys, data_keys = member_keys(config.seed, group.name, fold.index, slots)
+    state = _initial_state(group, init_keys)
+    data = _fold_data(dataset, fold, group.train_rows, placement)
+    steps = len(fold.train_indices) // config.batch_size
+
+    diverged = np.zeros(slots, bool)
+    start_epoch, log_rows = 0, []
+    with run_dir.checkpoints(fold.index, group.name) as checkpoints:
+        restored = checkpoints.restore_latest(state, diverged, warn)
+        if restored is not None:
+            start_epoch, state, diverged, log_rows = restored
+        if progress is not None:
+            progress.update(start_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            orders, augment_keys = epoch_randomness(
+                data_keys, jnp.asarray(epoch), data.num_train, group.train_rows
+            )
+            metrics = jnp.zeros((slots, 3), jnp.float32)
+            if placement.step_loop == "scan":
+                run_epoch = programs.train_epoch(steps)
+                state, metrics = run_epoch(state, metrics, orders, augment_keys, data)
+            else:
+                for step in range(steps):
+                    state, metrics = programs.train_step(
+                        state, metrics, orders, step, augment_keys, data
+                    )
+                    if on_step is not None:
+                        on_step(group.name, fold.index, epoch, step)
+            loss_sum, correct, counted = to_host(metrics).T
+            loss = loss_sum / counted
+            accuracy = correct / (counted * config.batch_size)
+            for m in np.flatnonzero(~np.isfinite(loss[:members]) & ~diverged[:members]):
+                warn(
+                    f"warning: {group.name} member {m} diverged in fold {fold.index}, epoch "
+                    f"{epoch + 1} (loss {loss[m]}); it is excluded from fusion"
+                )
+            diverged |= ~np.isfinite(loss)
+            log_rows += [
+                dict(
+                    epoch=epoch + 1,
+                    member=m,
+                    loss=float(loss[m]),
+                    train_accuracy=float(accuracy[m]),
+                    diverged=bool(diverged[m]),
+                )
+                for m in range(members)
+            ]
+            if jax.process_index() == 0:
+                run_dir.write_log(fold.index, group.name, log_rows)
+            if config.checkpoint_every and (
+                (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+            ):
+                checkpoints.save(epoch + 1, state, diverged.copy(), list(log_rows))
+            if progress is not None:
+                healthy = loss[:members][~diverged[:members]]
+                progress.set_postfix(loss=f"{healthy.mean():.4f}" if healthy.size else "nan")
+                progress.update(1)
+    scores = predict_members(
+        programs, state, dataset.images[fold.test_indices], config.eval_batch_size
+    )[:members]
+    diverged = diverged[:members]
+    # The loss is computed before each update, so a last update that breaks a member shows
+    # only in its scores.
+    for m in np.flatnonzero(~np.isfinite(scores).all(axis=(1, 2)) & ~diverged):
+        warn(f"warning: {group.name} member {m} gives non-finite test scores in fold "
+             f"{fold.index}; it is excluded from fusion")  # fmt: skip
+        diverged[m] = True
+    return FoldOutcome(scores, diverged)

@@ -1,0 +1,127 @@
+"""Ensemble members: their state, their keys, and mapping a one-member function over them.
+
+Every random draw of a member is a function of (run seed, group, member index) and, for
+data order and augmentation, of (fold, epoch, step): the same config gives the same numbers
+whatever the member strategy, the device count or an interruption in between.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.pretrained import load_pretrained
+
+
+class MemberState(NamedTuple):
+    """One member's trainable state (or, stacked, a group's: every leaf gets a member axis)."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def member_seed(run_seed: int, group: str, member: int) -> int:
+    """The integer seed of one member: a stable hash of (run seed, group, member index)."""
+    return zlib.crc32(f"{run_seed}/{group}/{member}".encode()) & 0x7FFFFFFF
+
+
+def member_seeds(run_seed: int, group: str, members: int) -> list[int]:
+    """The seeds of a group's members ``0 .. members-1``."""
+    return [member_seed(run_seed, group, m) for m in range(members)]
+
+
+def member_keys(run_seed: int, group: str, fold: int, slots: int) -> tuple[jax.Array, jax.Array]:
+    """Each member slot's ``(init_key, data_key)``; the data keys also depend on the fold."""
+    keys = jnp.stack([jax.random.key(seed) for seed in member_seeds(run_seed, group, slots)])
+    init_keys, data_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    return init_keys, jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_keys, fold)
+
+
+@partial(jax.jit, static_argnums=3)
+def epoch_randomness(
+    data_keys: jax.Array, epoch: jax.Array, num_train: jax.Array, size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Each member's order of the training rows for one epoch, and its augmentation key.
+
+    The order is a random permutation of the ``num_train`` real rows followed by the padding
+    rows up to ``size``, so a fold smaller than the padded array never samples padding.
+    """
+
+    def one(key):
+        order_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))
+        noise = jax.random.uniform(order_key, (size,))
+        return jnp.argsort(jnp.where(jnp.arange(size) < num_train, noise, 2.0)), augment_key
+
+    return jax.vmap(one)(data_keys)
+
+
+def stack_members(trees: Sequence[Any]) -> Any:
+    """Stacks one-member trees into a tree with a leading member axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def map_members(fn: Callable, strategy: str, in_axes: Sequence[int | None]) -> Callable:
+    """Applies a one-member function over the leading member axis of some arguments.
+
+    ``vmap`` turns the member axis into a batch axis (convolutions become grouped
+    convolutions); ``loop`` writes the members out one after another in the same program.
+    Both see the same keys and data, so they compute the same numbers.
+
+    Args:
+      fn: a function of one member's arguments.
+      strategy: "vmap" or "loop".
+      in_axes: per positional argument, 0 if it carries the member axis, None if shared.
+    """
+    if strategy == "vmap":
+        return jax.vmap(fn, in_axes=tuple(in_axes))
+
+    def looped(*args):
+        stacked = next(a for a, axis in zip(args, in_axes, strict=True) if axis == 0)
+        count = jax.tree.leaves(stacked)[0].shape[0]
+        return stack_members(
+            [
+                fn(
+                    *(
+                        jax.tree.map(lambda leaf, m=m: leaf[m], a) if axis == 0 else a
+                        for a, axis in zip(args, in_axes, strict=True)
+                    )
+                )
+                for m in range(count)
+            ]
+        )
+
+    return looped
+
+
+def load_pretrained_members(
+    state: MemberState,
+    path: str,
+    *,
+    init_optimizer: Callable[[Any], Any],
+    stride_placement: str | None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> MemberState:
+    """Loads the ImageNet weights into every member, keeping each member's own new head.
+
+    The file is read once; the loader keeps the head of the variables it is given, so every
+    member takes the loaded body and its own freshly initialised head. The optimizer state
+    is initialised anew for the loaded parameters.
+    """
+    first = jax.tree.map(lambda leaf: np.asarray(leaf[0]), state)
+    loaded = load_pretrained(
+        path,
+        {"params": first.params, "batch_stats": first.batch_stats},
+        stride_placement=stride_placement,
+    )
+    members = jax.tree.leaves(state.params)[0].shape[0]
+    stacked = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), loaded)
+    params = {**stacked["params"], "head": jax.tree.map(np.asarray, state.params["head"])}
+    opt_state = jax.vmap(init_optimizer)(params)
+    return jax.device_put(MemberState(params, stacked["batch_stats"], opt_state), sharding)

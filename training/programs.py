@@ -1,0 +1,243 @@
+"""A group's compiled programs: init, train step, train epoch and predict.
+
+Every program works on stacked member states (a leading member axis on every leaf). With a
+mesh, the member axis is split over it with ``jax.shard_map``: each device trains its own
+members with the inner strategy and nothing is communicated. The programs depend on exactly
+the fields of a ``ProgramSpec``, so runs that agree on it (the folds of one run, a notebook
+calling ``train_ensemble`` again) reuse them from :func:`group_programs`' cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from data.augment import augment_images, resize_images
+from models import get_model
+from models.pretrained import Normalization
+from training.config import AUGMENTATIONS, TrainConfig
+from training.members import MemberState, map_members
+from training.optimizers import OPTIMIZERS, optimizer_hyperparameters
+from training.placement import MEMBER_AXIS, Placement, replicate, to_host
+
+# Per positional argument of a step (state, metrics, order, step, key, data) and of a
+# prediction (state, images): 0 where it carries the member axis, None where it is shared.
+STEP_AXES = (0, 0, 0, None, 0, None)
+PREDICT_AXES = (0, None)
+EPOCH_AXES = (0, 0, 0, 0, None)
+
+
+class GroupData(NamedTuple):
+    """A fold's arrays on the device, padded to the largest fold so one program fits all."""
+
+    train_images: jax.Array  # uint8 [N_pad, H, W, 3]
+    train_labels: jax.Array  # int32 [N_pad]
+    num_train: jax.Array  # int32 [], how many leading rows are real
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """Everything a group's programs are compiled from, and nothing else.
+
+    Attributes:
+      model, stride_placement, dtype, num_classes: the network.
+      image_size, batch_size, augment, normalization: what a step feeds it.
+      optimizer: the group name in ``training.optimizers.OPTIMIZERS``.
+      hyperparameters: ``(name, value)`` pairs the optimizer is built with.
+      inner_strategy: "vmap" or "loop" over the members one device holds.
+      mesh: the member mesh, or None on one device.
+      scan_unroll: steps unrolled per iteration of the epoch program.
+    """
+
+    model: str
+    stride_placement: str
+    dtype: str
+    num_classes: int
+    image_size: int
+    batch_size: int
+    augment: str
+    normalization: Normalization
+    optimizer: str
+    hyperparameters: tuple[tuple[str, float], ...]
+    inner_strategy: str
+    mesh: Mesh | None
+    scan_unroll: int
+
+    @classmethod
+    def for_group(
+        cls,
+        config: TrainConfig,
+        group: str,
+        num_classes: int,
+        placement: Placement,
+        normalization: Normalization,
+    ) -> ProgramSpec:
+        """The spec of group ``group`` of a run."""
+        return cls(
+            model=config.model,
+            stride_placement=config.stride_placement,
+            dtype=config.dtype,
+            num_classes=num_classes,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            augment=config.augment,
+            normalization=normalization,
+            optimizer=group,
+            hyperparameters=tuple(optimizer_hyperparameters(group, config).items()),
+            inner_strategy=placement.inner_strategy,
+            mesh=placement.mesh,
+            scan_unroll=config.scan_unroll,
+        )
+
+
+class GroupPrograms:
+    """The compiled programs of one optimizer group, built from a :class:`ProgramSpec`.
+
+    Attributes:
+      init: stacked init keys -> stacked ``MemberState``.
+      train_step: one step of every member, state and metrics donated.
+      predict: stacked state, uint8 images -> softmax scores [members, n, classes].
+      model, tx: the Flax module and the optax transformation of one member.
+    """
+
+    def __init__(self, spec: ProgramSpec):
+        self.spec = spec
+        self.model = get_model(
+            spec.model,
+            spec.num_classes,
+            stride_placement=spec.stride_placement,
+            dtype=jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32,
+        )
+        self.tx = OPTIMIZERS[spec.optimizer].make(**dict(spec.hyperparameters))
+        self._augmentation = AUGMENTATIONS[spec.augment]
+        self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
+        self._predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
+        self.member_sharding = (
+            jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh else None
+        )
+        self.init = jax.jit(jax.vmap(self._member_init), out_shardings=self.member_sharding)
+        self.train_step = jax.jit(self._over_mesh(self._step, STEP_AXES, 2), donate_argnums=(0, 1))
+        self.predict = jax.jit(self._over_mesh(self._predict, PREDICT_AXES, 1))
+        self._epochs: dict[int, Callable] = {}
+
+    def _over_mesh(self, fn: Callable, in_axes: Sequence[int | None], outputs: int) -> Callable:
+        if self.spec.mesh is None:
+            return fn
+        spec = lambda axis: P(MEMBER_AXIS) if axis == 0 else P()  # noqa: E731
+        return jax.shard_map(
+            fn,
+            mesh=self.spec.mesh,
+            in_specs=tuple(spec(a) for a in in_axes),
+            out_specs=P(MEMBER_AXIS) if outputs == 1 else (P(MEMBER_AXIS),) * outputs,
+            check_vma=False,
+        )
+
+    def train_epoch(self, num_steps: int) -> Callable:
+        """A program running ``num_steps`` steps of every member in one ``lax.scan``."""
+        if num_steps not in self._epochs:
+
+            def epoch(state, metrics, orders, keys, data):
+                def body(carry, step):
+                    return self._step(*carry, orders, step, keys, data), None
+
+                (state, metrics), _ = jax.lax.scan(
+                    body, (state, metrics), jnp.arange(num_steps), unroll=self.spec.scan_unroll
+                )
+                return state, metrics
+
+            self._epochs[num_steps] = jax.jit(
+                self._over_mesh(epoch, EPOCH_AXES, 2), donate_argnums=(0, 1)
+            )
+        return self._epochs[num_steps]
+
+    def _member_init(self, key: jax.Array) -> MemberState:
+        size = self.spec.image_size
+        variables = self.model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        return MemberState(
+            variables["params"], variables["batch_stats"], self.tx.init(variables["params"])
+        )
+
+    def _member_step(
+        self,
+        state: MemberState,
+        metrics: jax.Array,
+        order: jax.Array,
+        step: jax.Array,
+        key: jax.Array,
+        data: GroupData,
+    ) -> tuple[MemberState, jax.Array]:
+        """One optimizer step of one member on the ``step``-th batch of its epoch order."""
+        batch = self.spec.batch_size
+        indices = jax.lax.dynamic_slice_in_dim(order, step * batch, batch)
+        labels = data.train_labels[indices]
+        images = augment_images(
+            jax.random.fold_in(key, step),
+            data.train_images[indices],
+            self.spec.image_size,
+            self._augmentation,
+        )
+        images = self.spec.normalization.apply(images).astype(self.model.dtype)
+
+        def loss_fn(params):
+            logits, updated = self.model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), labels
+            ).mean()
+            return loss, (updated["batch_stats"], logits)
+
+        (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
+        # seen at the end of the epoch without a device-to-host sync every step.
+        metrics = metrics + jnp.stack([loss, correct, 1.0])
+        return MemberState(params, batch_stats, opt_state), metrics
+
+    def _member_predict(self, state: MemberState, images: jax.Array) -> jax.Array:
+        images = self.spec.normalization.apply(resize_images(images, self.spec.image_size))
+        logits = self.model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            images.astype(self.model.dtype),
+            train=False,
+        )
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.lru_cache(maxsize=16)  # bounds the compiled code kept alive
+def group_programs(spec: ProgramSpec) -> GroupPrograms:
+    """The programs of ``spec``, built once and reused while they stay in the cache."""
+    return GroupPrograms(spec)
+
+
+def predict_members(
+    programs: GroupPrograms, state: MemberState, images: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """Every member's softmax scores [members, n, classes] on uint8 images [n, H, W, 3]."""
+    count = len(images)
+    padded = np.zeros((-(-count // batch_size) * batch_size,) + images.shape[1:], np.uint8)
+    padded[:count] = images
+    batches = [
+        to_host(programs.predict(state, replicate(padded[i : i + batch_size], programs.spec.mesh)))
+        for i in range(0, len(padded), batch_size)
+    ]
+    return np.concatenate(batches, axis=1)[:, :count]
+
+
+ProgramFactory = Callable[[ProgramSpec], Any]
