@@ -6,7 +6,10 @@ the trainer)::
   RUN_DIR/config.json                        "optimizers" ({"sgd": 14, ...}), "folds", ...
   RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz     scores [members, n_test, n_classes] (softmax),
                                              labels, test_indices, class_names, member_seeds,
-                                             diverged [members], optimizer, fold, dataset
+                                             diverged [members], optimizer, fold, dataset,
+                                             and for a hyperparameter sweep
+                                             hyperparameter_names [H] and
+                                             hyperparameter_values [members, H]
 
 and reproduces Nanni, Maguolo & Lumini (arXiv 2103.14689):
 
@@ -34,6 +37,13 @@ Decisions (docs/ensembles.md explains them):
   so in its legend.
 - Standard deviations use ``ddof=1`` (MATLAB's ``std``, which the paper used).
 - The data set's name (a table column) is the one in the score files.
+- A hyperparameter sweep (config.json's ``sweep``) is split into one group per grid point,
+  ``dgrad[learning_rate=0.0003]`` (shown ``DGrad[learning_rate=0.0003]``): Table 1 has a row
+  per grid point, a spec picks one (``DGrad[learning_rate=3e-4](3)``,
+  ``dgrad@learning_rate=3e-4:3``) and a plain ``DGrad(3)`` is an error listing them; the
+  sweep table (``sweep.csv``) and ``hyperparameter_sweep.png`` show each grid point's
+  stand-alone and fused accuracy, marking grid points where members diverged. Runs without a
+  sweep give exactly the output they gave before sweeps existed.
 
 The helpers live in the ``ensembling`` package, one concept per module (specs, score_files,
 runs, fusion, metrics, tables, report, plots); this module is their public face and the CLI.
@@ -70,20 +80,24 @@ from ensembling.plots import (
     cyclic_factors,
     plot_accuracy_vs_size,
     plot_cyclic_factors,
+    plot_hyperparameter_sweep,
     plot_reliability,
     size_curve_label,
+    sweep_lines,
 )
 from ensembling.report import (
     describe_runs,
     ensemble_metrics_markdown,
     member_metrics_markdown,
     runs_markdown,
+    sweep_markdown,
     table1_markdown,
     table2_markdown,
     write_tables,
 )
 from ensembling.runs import DatasetScores, GroupScores, load_run, load_runs, merge_runs
 from ensembling.score_files import (
+    OPTIONAL_KEYS,
     SCORE_FILE_KEYS,
     FoldScores,
     ScoreFileError,
@@ -91,25 +105,32 @@ from ensembling.score_files import (
     write_score_file,
 )
 from ensembling.specs import (
+    HYPERPARAMETER_NAMES,
     PAPER_NAMES,
     PAPER_TABLE2_ENSEMBLES,
     EnsembleSpec,
     EnsembleSpecError,
     display_name,
+    format_hyperparameter,
+    grid_point_group,
     optimizer_group,
     paper_order,
     parse_ensemble_spec,
+    split_group,
 )
 from ensembling.tables import (
     EnsembleResult,
     LeftOutMember,
     MemberResult,
+    SweepRow,
     Table1Row,
     Table2Entry,
     accuracy_by_ensemble_size,
     accuracy_mean_and_std,
     evaluate_ensemble,
     member_results,
+    resolve_group,
+    sweep_table,
     table1,
     table2,
     trained_group_ensembles,
@@ -119,6 +140,8 @@ from ensembling.tables import (
 __all__ = [
     "ECE_BINS",
     "FUSION_RULES",
+    "HYPERPARAMETER_NAMES",
+    "OPTIONAL_KEYS",
     "PAPER_NAMES",
     "PAPER_TABLE2_ENSEMBLES",
     "SCORE_FILE_KEYS",
@@ -134,6 +157,7 @@ __all__ = [
     "MemberResult",
     "ReliabilityCurve",
     "ScoreFileError",
+    "SweepRow",
     "Table1Row",
     "Table2Entry",
     "accuracy_by_ensemble_size",
@@ -147,7 +171,9 @@ __all__ = [
     "ensemble_metrics_markdown",
     "evaluate_ensemble",
     "expected_calibration_error",
+    "format_hyperparameter",
     "fuse",
+    "grid_point_group",
     "load_run",
     "load_runs",
     "main",
@@ -160,12 +186,18 @@ __all__ = [
     "parse_ensemble_spec",
     "plot_accuracy_vs_size",
     "plot_cyclic_factors",
+    "plot_hyperparameter_sweep",
     "plot_reliability",
     "read_score_file",
     "reliability_curve",
+    "resolve_group",
     "runs_markdown",
     "size_curve_label",
+    "split_group",
     "sum_rule_accuracy",
+    "sweep_lines",
+    "sweep_markdown",
+    "sweep_table",
     "table1",
     "table1_markdown",
     "table2",
@@ -185,13 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
             "Fuse the ensemble members of train.py runs and print the paper's Table 1 "
             "(stand-alone accuracy per optimizer) and Table 2 (fused ensembles), with "
             "accuracy, macro F1, NLL, ECE (15 bins), Brier score and diversity. Writes "
-            "members.csv, table1.csv, table2.csv, report.json, tables.md and plots to --out."
+            "members.csv, table1.csv, table2.csv, report.json, tables.md and plots to --out. "
+            "A hyperparameter sweep's grid points are groups of their own "
+            "(DGrad[learning_rate=0.0003]), with a sweep table (sweep.csv) and plot."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
             "  python ensemble.py runs/hela runs/bg runs/lar --out results\n"
             "  python ensemble.py runs/hela --ensembles 'SGD(14) + DGrad(7)' dgrad:7+cos1:7\n"
+            "  python ensemble.py runs/sweep --ensembles 'DGrad[learning_rate=3e-4](3)' "
+            "dgrad@learning_rate=1e-3:3\n"
             "\nMembers marked diverged are left out of fusion in the folds where they "
             "diverged;\nthe tables say which."
         ),
@@ -212,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "quote it) or plain (sgd:14+dgrad:7+cos1:7), case-insensitive; each takes the first k "
         "members of each group. Every run must be able to serve them. Default: the paper's 15 "
         "rows that the runs can serve (the others are named under the table; table2.csv "
-        "gives each reason), then each trained group whole and all groups together.",
+        "gives each reason), then each trained group whole and all groups together. A "
+        "sweep's grid point: 'DGrad[learning_rate=3e-4](3)' or dgrad@learning_rate=3e-4:3 "
+        "(several hyperparameters comma-separated).",
     )
     parser.add_argument(
         "--fusion",
@@ -231,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-plots",
         action="store_true",
-        help="skip the plots (accuracy_vs_size.png, reliability.png, cyclic_factors.png).",
+        help="skip the plots (accuracy_vs_size.png, reliability.png, cyclic_factors.png, and "
+        "hyperparameter_sweep.png for a sweep).",
     )
     return parser
 
@@ -249,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         members = [result for data in datasets.values() for result in member_results(data)]
         table1_rows = table1(members)
         table2_entries = table2(datasets, args.ensembles, args.fusion)
+        sweep_rows = sweep_table(datasets, members, args.fusion)
     except (ScoreFileError, EnsembleSpecError) as error:
         parser.exit(1, f"ensemble.py: error: {error}\n")
 
@@ -267,14 +307,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensemble_metrics_markdown(table2_entries),
         ]
     )
+    if sweep_rows:
+        markdown += "\n\n".join(
+            [
+                "",
+                "## Hyperparameter sweep: accuracy (%) per grid point, stand-alone mean ± std "
+                "over members and fused",
+                sweep_markdown(sweep_rows, args.fusion),
+            ]
+        )
     print(markdown)
-    written = write_tables(args.out, datasets, members, table1_rows, table2_entries, markdown)
+    written = write_tables(
+        args.out,
+        datasets,
+        members,
+        table1_rows,
+        table2_entries,
+        markdown,
+        sweep_rows,
+        args.fusion,
+    )
     if not args.no_plots:
         written += [
             plot_accuracy_vs_size(datasets, args.out / "accuracy_vs_size.png", args.fusion),
             plot_reliability(datasets, args.out / "reliability.png", args.fusion),
             plot_cyclic_factors(args.out / "cyclic_factors.png"),
         ]
+        if sweep_rows:
+            written.append(
+                plot_hyperparameter_sweep(
+                    sweep_rows, args.out / "hyperparameter_sweep.png", args.fusion
+                )
+            )
     print("\nwrote " + ", ".join(str(path) for path in written), file=sys.stderr)
     return 0
 

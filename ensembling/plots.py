@@ -1,18 +1,27 @@
-"""Plots: accuracy against ensemble size, reliability diagrams, the paper's Figure 1.
+"""Plots: accuracy against ensemble size, reliability diagrams, hyperparameter sweeps, the
+paper's Figure 1.
 
 matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, so importing
 this in a notebook changes nothing.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ensembling.metrics import ECE_BINS, reliability_curve
 from ensembling.runs import DatasetScores
-from ensembling.specs import EnsembleSpec, display_name
-from ensembling.tables import accuracy_by_ensemble_size, evaluate_ensemble, unfusable_fold
+from ensembling.specs import EnsembleSpec, display_name, format_hyperparameter
+from ensembling.tables import (
+    SweepRow,
+    accuracy_by_ensemble_size,
+    evaluate_ensemble,
+    unfusable_fold,
+)
+
+# Swept hyperparameters spanning orders of magnitude: a log x axis (when every value is > 0).
+LOG_SCALE_HYPERPARAMETERS = ("learning_rate", "eps", "weight_decay")
 
 
 def _new_figure(n_panels: int, height: float = 3.2):
@@ -109,6 +118,119 @@ def plot_reliability(
         axis.grid(alpha=0.3)
         axis.legend(fontsize="x-small")
     axes[0].set_ylabel(f"accuracy ({rule} rule, {n_bins} bins)")
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def sweep_lines(
+    rows: Sequence[SweepRow], name: str
+) -> dict[tuple[str, str, tuple[tuple[str, float], ...]], list[SweepRow]]:
+    """The lines of one panel of ``plot_hyperparameter_sweep``: the grid points that vary
+    ``name``, keyed by (data set, optimizer, the other hyperparameters' values), each line's
+    points sorted by the value of ``name``."""
+    lines: dict[tuple[str, str, tuple[tuple[str, float], ...]], list[SweepRow]] = {}
+    for row in rows:
+        values = dict(row.hyperparameters)
+        if name not in values:
+            continue
+        others = tuple((n, v) for n, v in row.hyperparameters if n != name)
+        lines.setdefault((row.dataset, row.optimizer, others), []).append(row)
+    return {
+        key: sorted(points, key=lambda row: dict(row.hyperparameters)[name])
+        for key, points in lines.items()
+    }
+
+
+def plot_hyperparameter_sweep(
+    rows: Sequence[SweepRow], path: str | Path, rule: str = "sum"
+) -> Path:
+    """Stand-alone and fused accuracy against each swept hyperparameter.
+
+    One panel per data set and swept hyperparameter; one colour per optimizer (and per value
+    of the other swept hyperparameters, named in the legend), fused accuracy solid, the mean
+    stand-alone accuracy of the grid point's non-diverged members dashed. A grid point where
+    members diverged is marked ``x`` on both lines; where no accuracy is left (every member
+    diverged) its points are missing and the ``x`` sits at the bottom of the panel. The x axis
+    is logarithmic for ``LOG_SCALE_HYPERPARAMETERS`` when every value is positive.
+
+    Args:
+      rows: ``sweep_table``'s rows (at least one).
+      path: the PNG to write.
+      rule: the fusion rule (the y label names it).
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+
+    panels = [
+        (dataset, name)
+        for dataset in dict.fromkeys(row.dataset for row in rows)
+        for name in dict.fromkeys(
+            n for row in rows if row.dataset == dataset for n, _ in row.hyperparameters
+        )
+    ]
+    if not panels:
+        raise ValueError("no grid points to plot: no run has a hyperparameter sweep")
+    figure, axes = _new_figure(len(panels), height=4.4)
+    for axis, (dataset, name) in zip(axes, panels, strict=True):
+        lines = sweep_lines([row for row in rows if row.dataset == dataset], name)
+        any_diverged = False
+        for (_, optimizer, others), points in lines.items():
+            x = np.array([dict(row.hyperparameters)[name] for row in points])
+            fused = 100 * np.array([row.fused_accuracy for row in points])
+            alone = 100 * np.array([row.accuracy_mean for row in points])
+            label = display_name(optimizer) + "".join(
+                f", {n}={format_hyperparameter(v)}" for n, v in others
+            )
+            (line,) = axis.plot(x, fused, marker="o", ms=4, label=f"{label} fused")
+            color = line.get_color()
+            axis.plot(x, alone, marker="o", ms=3, ls="--", color=color, label=f"{label} alone")
+            diverged = np.array([bool(row.diverged_members) for row in points])
+            any_diverged |= bool(diverged.any())
+            for values in (fused, alone):
+                shown = diverged & np.isfinite(values)
+                axis.plot(x[shown], values[shown], ls="", marker="x", ms=9, mew=2, color=color)
+            missing = diverged & ~(np.isfinite(fused) & np.isfinite(alone))
+            axis.plot(
+                x[missing],
+                np.full(missing.sum(), 0.03),
+                ls="",
+                marker="x",
+                ms=9,
+                mew=2,
+                color=color,
+                transform=axis.get_xaxis_transform(),
+                clip_on=False,
+            )
+        every_x = sorted({dict(row.hyperparameters)[name] for pts in lines.values() for row in pts})
+        if name in LOG_SCALE_HYPERPARAMETERS and every_x[0] > 0:
+            axis.set_xscale("log")
+        # Ticks at the swept values only, labelled as the grid points are named.
+        axis.set_xticks(every_x, labels=[format_hyperparameter(v) for v in every_x])
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.set(title=f"{dataset}: {name}", xlabel=name)
+        axis.grid(alpha=0.3)
+        handles, _ = axis.get_legend_handles_labels()
+        if any_diverged:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="x",
+                    ms=9,
+                    mew=2,
+                    color="gray",
+                    label="members diverged (bottom: none left)",
+                )
+            )
+        axis.legend(
+            handles=handles,
+            fontsize="x-small",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncols=2,
+        )
+    axes[0].set_ylabel(f"accuracy % (fused: {rule} rule; alone: mean)")
     figure.savefig(path, dpi=90)
     return Path(path)
 

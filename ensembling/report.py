@@ -14,8 +14,8 @@ import numpy as np
 
 from ensembling.metrics import ClassificationMetrics
 from ensembling.runs import DatasetScores
-from ensembling.specs import display_name, paper_order
-from ensembling.tables import MemberResult, Table1Row, Table2Entry
+from ensembling.specs import display_name, format_hyperparameter, paper_order
+from ensembling.tables import MemberResult, SweepRow, Table1Row, Table2Entry
 
 
 def _percent(value: float) -> str:
@@ -180,6 +180,51 @@ def ensemble_metrics_markdown(entries: Sequence[Table2Entry]) -> str:
     return _markdown([*header, "Left out (diverged)"], body)
 
 
+def sweep_names(rows: Sequence[SweepRow]) -> list[str]:
+    """The hyperparameters the sweeps vary, in the order they first appear."""
+    return list(dict.fromkeys(name for row in rows for name, _ in row.hyperparameters))
+
+
+def sweep_markdown(rows: Sequence[SweepRow], rule: str = "sum") -> str:
+    """The sweep table as Markdown: per data set, optimizer and grid point, its values, the
+    members, the diverged members, stand-alone accuracy (%) mean ± std and fused accuracy (%).
+
+    A grid point where members diverged is marked ``†`` after its optimizer's name; ``–``
+    is a missing value (no member left, or no fused decision).
+    """
+    names = sweep_names(rows)
+    body = []
+    for row in rows:
+        values = dict(row.hyperparameters)
+        diverged = "none"
+        if row.diverged_members:
+            noun = "member" if len(row.diverged_members) == 1 else "members"
+            diverged = (
+                f"{len(row.diverged_members)}/{row.n_members} ({noun} "
+                f"{', '.join(map(str, row.diverged_members))})"
+            )
+        body.append(
+            [
+                row.dataset,
+                display_name(row.optimizer) + (" †" if row.diverged_members else ""),
+                *(format_hyperparameter(values[n]) if n in values else "" for n in names),
+                str(row.n_members),
+                diverged,
+                f"{_percent(row.accuracy_mean)} ± {_percent(row.accuracy_std)}",
+                _percent(row.fused_accuracy),
+            ]
+        )
+    header = ["Data set", "Optimizer", *names, "Members", "Diverged", "Stand-alone acc %"]
+    table = _markdown([*header, f"Fused acc % ({rule})"], body)
+    if not any(row.diverged_members for row in rows):
+        return table
+    note = (
+        "†: members diverged at this grid point; they are left out of the stand-alone mean "
+        "and std, and of fusion in the folds where they diverged."
+    )
+    return "\n".join([table, "", note])
+
+
 def _finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
@@ -191,11 +236,16 @@ def write_tables(
     table1_rows: Sequence[Table1Row],
     table2_entries: Sequence[Table2Entry],
     markdown: str,
+    sweep_rows: Sequence[SweepRow] = (),
+    rule: str = "sum",
 ) -> list[Path]:
     """Writes ``members.csv``, ``table1.csv``, ``table2.csv``, ``report.json``, ``tables.md``.
 
     CSV and JSON hold fractions (not percent) at full precision; missing values are empty
-    (CSV) or null (JSON). ``report.json`` also describes the runs (``describe_runs``).
+    (CSV) or null (JSON). ``report.json`` also describes the runs (``describe_runs``). With
+    ``sweep_rows`` (some run has a hyperparameter sweep) it also writes ``sweep.csv`` (one
+    column per swept hyperparameter; ``rule`` is its fusion column) and ``report.json`` gets
+    a ``"sweep"`` list; without, the files are exactly those of a run without sweeps.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,12 +289,32 @@ def write_tables(
                 "unavailable": entry.unavailable,
             }
         )
-    paths = []
-    for name, rows in (
+    names = sweep_names(sweep_rows)
+    sweep_dicts = [
+        {
+            "dataset": r.dataset,
+            "optimizer": r.optimizer,
+            "group": r.group,
+            **{name: dict(r.hyperparameters).get(name) for name in names},
+            "members": r.n_members,
+            "diverged": len(r.diverged_members),
+            "diverged_members": " ".join(map(str, r.diverged_members)),
+            "accuracy_mean": _finite_or_none(r.accuracy_mean),
+            "accuracy_std": _finite_or_none(r.accuracy_std),
+            "fusion": rule,
+            "fused_accuracy": _finite_or_none(r.fused_accuracy),
+        }
+        for r in sweep_rows
+    ]
+    tables = [
         ("members.csv", member_rows),
         ("table1.csv", table1_dicts),
         ("table2.csv", table2_dicts),
-    ):
+    ]
+    if sweep_dicts:
+        tables.append(("sweep.csv", sweep_dicts))
+    paths = []
+    for name, rows in tables:
         path = out_dir / name
         with path.open("w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
@@ -256,6 +326,7 @@ def write_tables(
         "members": member_rows,
         "table1": table1_dicts,
         "table2": table2_dicts,
+        **({"sweep": sweep_dicts} if sweep_dicts else {}),
     }
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")

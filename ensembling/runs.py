@@ -3,14 +3,23 @@
 The layout (the trainer writes it; score files in ``score_files``)::
 
   RUN_DIR/config.json                     "optimizers" ({"sgd": 14, ...}), "folds" (null or
-                                          a list), "dataset", "seed", ...
+                                          a list), "sweep" (absent, null or {} without a
+                                          sweep), "dataset", "seed", ...
   RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz  one per fold F (0-based) and optimizer group
 
-Runs of one data set can be merged, each optimizer group from one run. A problem raises
-``ScoreFileError`` naming the file(s) and what was expected.
+A hyperparameter sweep (config.json's ``"sweep": {"learning_rate": [0.003, 0.001]}``) trains
+``optimizers[group]`` members per grid point, the grid being the product of the value lists;
+a group's score file holds them grid point by grid point, each member's values in its
+``hyperparameter_values``. ``load_run`` splits such a group into one group per grid point,
+``dgrad[learning_rate=0.003]`` (``specs.grid_point_group``), its members counted from 0:
+everything downstream sees ordinary groups.
+
+Runs of one data set can be merged, each optimizer group (or grid point) from one run. A
+problem raises ``ScoreFileError`` naming the file(s) and what was expected.
 """
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +33,14 @@ from ensembling.score_files import (
     ScoreFileError,
     read_score_file,
 )
-from ensembling.specs import GROUP_NAME, paper_order
+from ensembling.specs import (
+    GROUP_NAME,
+    HYPERPARAMETER_NAMES,
+    format_hyperparameter,
+    grid_point_group,
+    paper_order,
+    split_group,
+)
 
 _FOLD_DIR = re.compile(r"fold(\d+)")
 
@@ -38,11 +54,13 @@ class GroupScores(NamedTuple):
     """One optimizer group's members, the folds' test samples concatenated in fold order.
 
     Attributes:
-      optimizer: the group name.
+      optimizer: the group name; for a sweep's grid point ``dgrad[learning_rate=0.003]``.
       run_dir: the run it comes from.
       scores: float32 ``[members, n_samples, n_classes]``.
       diverged: bool ``[members, len(folds)]``: the member diverged in that fold.
       member_seeds: int64 ``[members, len(folds)]``.
+      hyperparameters: a grid point's ``(name, value)`` pairs in the score file's order;
+        ``()`` for a group without a sweep.
     """
 
     optimizer: str
@@ -50,10 +68,16 @@ class GroupScores(NamedTuple):
     scores: np.ndarray
     diverged: np.ndarray
     member_seeds: np.ndarray
+    hyperparameters: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_members(self) -> int:
         return self.scores.shape[0]
+
+    @property
+    def base_optimizer(self) -> str:
+        """The optimizer without its grid point (``"dgrad"``)."""
+        return split_group(self.optimizer)[0]
 
 
 class DatasetScores(NamedTuple):
@@ -96,8 +120,11 @@ def _first(fold_files: dict[str, FoldScores]) -> FoldScores:
     return next(iter(fold_files.values()))
 
 
-def _read_config(run_dir: Path) -> tuple[dict[str, int], list[int] | None]:
-    """Returns config.json's ``optimizers`` and ``folds`` (None: all folds)."""
+def _read_config(
+    run_dir: Path,
+) -> tuple[dict[str, int], list[int] | None, dict[str, list[float]]]:
+    """Returns config.json's ``optimizers``, ``folds`` (None: all folds) and ``sweep`` ({}:
+    none)."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ScoreFileError(f"{config_path}: not found; is {run_dir} a train.py run directory?")
@@ -142,7 +169,95 @@ def _read_config(run_dir: Path) -> tuple[dict[str, int], list[int] | None]:
         raise ScoreFileError(
             f"{config_path}: 'folds' must be null or a list of folds (integers >= 0), got {folds!r}"
         )
-    return groups, folds
+    return groups, folds, _read_sweep(config_path, config.get("sweep"))
+
+
+def _read_sweep(config_path: Path, sweep) -> dict[str, list[float]]:
+    """config.json's ``sweep``: name -> distinct finite values; absent, null or {}: no sweep."""
+    if sweep is None:
+        return {}
+    if not isinstance(sweep, dict):
+        raise ScoreFileError(
+            f"{config_path}: 'sweep' must map hyperparameter names to value lists, e.g. "
+            f'{{"learning_rate": [0.003, 0.001]}}, or be null; got {sweep!r}'
+        )
+    for name, values in sweep.items():
+        if (
+            name not in HYPERPARAMETER_NAMES
+            or not isinstance(values, list)
+            or not values
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values
+            )
+        ):
+            raise ScoreFileError(
+                f"{config_path}: 'sweep' entry {name!r}: {values!r}; expected a name from "
+                f"{list(HYPERPARAMETER_NAMES)} and a non-empty list of finite numbers"
+            )
+        formatted = [format_hyperparameter(v) for v in values]
+        if len(set(formatted)) < len(formatted):
+            raise ScoreFileError(
+                f"{config_path}: 'sweep' entry {name!r} repeats a value (compared as "
+                f"{formatted}, formatted with :g)"
+            )
+    return {name: [float(v) for v in values] for name, values in sweep.items()}
+
+
+def _grid_points(
+    scores: FoldScores, per_point: int, sweep: dict[str, list[float]]
+) -> list[tuple[str, tuple[tuple[str, float], ...], slice]]:
+    """A score file's grid points: ``(group, (name, value) pairs, members)``, in file order.
+
+    Without a sweep the whole file is one group. With one, the members must come in blocks
+    of ``per_point``, one grid point each, every grid point of the sweep once.
+    """
+    path, names = scores.path, scores.hyperparameter_names
+    if not sweep:
+        _expect(
+            not names,
+            path,
+            f"holds hyperparameters {list(names)}, but config.json has no 'sweep' (a sweep's "
+            "score files hold them, other runs' files do not)",
+        )
+        return [(scores.optimizer, (), slice(None))]
+    _expect(
+        set(names) == set(sweep),
+        path,
+        f"holds hyperparameters {list(names)}; config.json's 'sweep' varies {list(sweep)} "
+        "(a sweep's score files hold each member's values)",
+    )
+    allowed = {name: [format_hyperparameter(v) for v in values] for name, values in sweep.items()}
+    points, starts = [], {}
+    for start in range(0, scores.scores.shape[0], per_point):
+        block = scores.hyperparameters[start : start + per_point]
+        formatted = {tuple(map(format_hyperparameter, row)) for row in block}
+        _expect(
+            len(formatted) == 1,
+            path,
+            f"members {start}..{start + per_point - 1} must be one grid point (config.json: "
+            f"{per_point} members per grid point, grid point by grid point), but hold "
+            f"{sorted(formatted)} for {list(names)}",
+        )
+        (point,) = formatted
+        for name, value in zip(names, point, strict=True):
+            _expect(
+                value in allowed[name],
+                path,
+                f"member {start}: {name}={value} is not among config.json's 'sweep' values "
+                f"{allowed[name]}",
+            )
+        group = grid_point_group(scores.optimizer, zip(names, point, strict=True))
+        _expect(
+            group not in starts,
+            path,
+            f"grid point {group} holds members {starts.get(group)}.. and {start}..; each grid "
+            f"point's {per_point} members must be consecutive",
+        )
+        starts[group] = start
+        pairs = tuple(zip(names, map(float, block[0]), strict=True))
+        points.append((group, pairs, slice(start, start + per_point)))
+    return points
 
 
 def load_run(run_dir: str | Path) -> DatasetScores:
@@ -156,11 +271,16 @@ def load_run(run_dir: str | Path) -> DatasetScores:
     is the one in the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
     are not score files and are not read.
 
+    A sweep's group (config.json's ``sweep``) must hold ``optimizers[group]`` members per grid
+    point, grid point by grid point, each point of the sweep once, with the sweep's names; it
+    becomes one group per grid point (``specs.grid_point_group``), in the file's order.
+
     Raises:
       ScoreFileError: naming the file(s) and the problem.
     """
     run_dir = Path(run_dir)
-    configured, configured_folds = _read_config(run_dir)
+    configured, configured_folds, sweep = _read_config(run_dir)
+    n_points = math.prod(len(values) for values in sweep.values())
     scores_dir = run_dir / "scores"
     if not scores_dir.is_dir():
         raise ScoreFileError(f"{scores_dir}: not found; the run has written no scores")
@@ -181,6 +301,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
         )
 
     folds: list[dict[str, FoldScores]] = []
+    fold_points: list[dict[str, dict[str, tuple]]] = []
     for fold, fold_dir in sorted(fold_dirs.items()):
         present = {
             path.stem: path
@@ -193,7 +314,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                 f"{fold_dir}: score files {unexpected} for groups not in config.json's "
                 f"'optimizers' {sorted(configured)}"
             )
-        fold_files = {}
+        fold_files, points = {}, {}
         for optimizer, members in configured.items():
             path = fold_dir / f"{optimizer}.npz"
             if optimizer not in present:
@@ -207,12 +328,21 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                 f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
                 f"{optimizer!r}, fold {fold}",
             )
+            per_grid_point = (
+                f" per grid point x {n_points} grid points of its 'sweep' = {members * n_points}"
+                if sweep
+                else ""
+            )
             _expect(
-                scores.scores.shape[0] == members,
+                scores.scores.shape[0] == members * n_points,
                 path,
-                f"{scores.scores.shape[0]} members; config.json says {members}",
+                f"{scores.scores.shape[0]} members; config.json says {members}{per_grid_point}",
             )
             fold_files[optimizer] = scores
+            points[optimizer] = {
+                group: (pairs, members_slice)
+                for group, pairs, members_slice in _grid_points(scores, members, sweep)
+            }
         reference = next(iter(fold_files.values()))
         for scores in fold_files.values():
             if scores.dataset != reference.dataset:
@@ -229,6 +359,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                         "scored on the same test split"
                     )
         folds.append(fold_files)
+        fold_points.append(points)
 
     reference = next(iter(folds[0].values()))
     seen_indices: dict[int, Path] = {}
@@ -258,13 +389,23 @@ def load_run(run_dir: str | Path) -> DatasetScores:
     groups = {}
     for optimizer in paper_order(configured):
         per_fold = [fold_files[optimizer] for fold_files in folds]
-        groups[optimizer] = GroupScores(
-            optimizer=optimizer,
-            run_dir=run_dir,
-            scores=np.concatenate([f.scores for f in per_fold], axis=1),
-            diverged=np.stack([f.diverged for f in per_fold], axis=1),
-            member_seeds=np.stack([f.member_seeds for f in per_fold], axis=1),
-        )
+        for group, (pairs, _) in fold_points[0][optimizer].items():
+            # The same grid points in every fold (each is checked against config.json).
+            slices = [points[optimizer][group][1] for points in fold_points]
+            groups[group] = GroupScores(
+                optimizer=group,
+                run_dir=run_dir,
+                scores=np.concatenate(
+                    [f.scores[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
+                ),
+                diverged=np.stack(
+                    [f.diverged[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
+                ),
+                member_seeds=np.stack(
+                    [f.member_seeds[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
+                ),
+                hyperparameters=pairs,
+            )
     return DatasetScores(
         dataset=reference.dataset,
         class_names=reference.class_names,

@@ -11,22 +11,29 @@ The trainer writes one file per fold and optimizer group with ``write_score_file
     member_seeds  int64 [members]
     diverged      bool [members]   the member's loss became NaN/inf (its scores may be NaN)
     optimizer, dataset  0-d str;  fold  0-d int64
+  and, only in a hyperparameter sweep's files (``OPTIONAL_KEYS``, both or neither):
+    hyperparameter_names   unicode [H]  names from ``specs.HYPERPARAMETER_NAMES``
+    hyperparameter_values  float64 [members, H]  each member's values (finite)
+
+A sweep's members are ordered grid point by grid point (``runs.load_run`` splits them into
+one group per grid point); ``member_seeds`` then repeats from one grid point to the next.
 
 A problem raises ``ScoreFileError`` naming the file and what was expected. Keys beyond
-``SCORE_FILE_KEYS`` are ignored on reading, so a later optional field (per-member
-hyperparameters, say) is added by giving ``FoldScores`` a field with a default,
-``write_score_file`` a keyword argument that defaults to absent, and ``_checked`` and
-``_arrays`` its check and its arrays; files without it keep reading.
+``SCORE_FILE_KEYS`` and ``OPTIONAL_KEYS`` are ignored on reading, so a later optional field is
+added by giving ``FoldScores`` a field with a default, ``write_score_file`` a keyword argument
+that defaults to absent, and ``_checked`` and ``_arrays`` its check and its arrays (as the
+hyperparameters were); files without it keep reading.
 """
 
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ensembling.specs import GROUP_NAME
+from ensembling.specs import GROUP_NAME, HYPERPARAMETER_NAMES
 
 SCORE_FILE_KEYS = (
     "scores",
@@ -39,6 +46,8 @@ SCORE_FILE_KEYS = (
     "fold",
     "dataset",
 )
+# Keys only a hyperparameter sweep's score files hold; a file holds both or neither.
+OPTIONAL_KEYS = ("hyperparameter_names", "hyperparameter_values")
 # Softmax scores are float32: rows sum to one within rounding; anything further off is not a
 # probability vector (logits written by mistake, say).
 PROBABILITY_TOLERANCE = 1e-3
@@ -70,6 +79,9 @@ class FoldScores(NamedTuple):
       optimizer: the group name.
       fold: the fold number (0-based).
       dataset: the data set's name.
+      hyperparameter_names: a sweep's hyperparameter names, ``()`` for a file without.
+      hyperparameter_values: float64 ``[members, len(hyperparameter_names)]`` (``[members,
+        0]`` for a file without).
     """
 
     path: Path
@@ -82,6 +94,15 @@ class FoldScores(NamedTuple):
     optimizer: str
     fold: int
     dataset: str
+    hyperparameter_names: tuple[str, ...] = ()
+    hyperparameter_values: np.ndarray | None = None
+
+    @property
+    def hyperparameters(self) -> np.ndarray:
+        """float64 ``[members, len(hyperparameter_names)]``, ``[members, 0]`` without a sweep."""
+        if self.hyperparameter_values is None:
+            return np.zeros((self.scores.shape[0], 0))
+        return self.hyperparameter_values
 
 
 def _expect(condition: bool, path: Path, problem: str) -> None:
@@ -166,6 +187,7 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
             f"member {member}'s scores are not softmax probabilities (min "
             f"{member_scores.min():.4g}, row sums {row_sums.min():.4g}..{row_sums.max():.4g})",
         )
+    names, values = _checked_hyperparameters(path, arrays, n_members)
     return FoldScores(
         path=path,
         scores=scores,
@@ -177,7 +199,55 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
         optimizer=optimizer,
         fold=fold,
         dataset=dataset,
+        hyperparameter_names=names,
+        hyperparameter_values=values,
     )
+
+
+def _checked_hyperparameters(
+    path: Path, arrays: dict[str, np.ndarray], n_members: int
+) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The optional ``hyperparameter_names`` and ``hyperparameter_values``, checked."""
+    present = [key for key in OPTIONAL_KEYS if key in arrays]
+    if not present:
+        return (), None
+    absent = [key for key in OPTIONAL_KEYS if key not in arrays]
+    if absent:
+        raise ScoreFileError(
+            f"{path}: holds {present[0]!r} without {absent[0]!r}; a sweep's score file holds "
+            f"both {list(OPTIONAL_KEYS)}, other files neither"
+        )
+    names_array, values = arrays["hyperparameter_names"], arrays["hyperparameter_values"]
+    _expect(
+        names_array.ndim == 1 and names_array.size >= 1 and names_array.dtype.kind == "U",
+        path,
+        "'hyperparameter_names' must be a non-empty unicode array [H], got "
+        f"{names_array.dtype} {names_array.shape}",
+    )
+    names = tuple(str(name) for name in names_array)
+    unknown = [name for name in names if name not in HYPERPARAMETER_NAMES]
+    _expect(
+        not unknown,
+        path,
+        f"'hyperparameter_names' {unknown} not among the sweepable {list(HYPERPARAMETER_NAMES)}",
+    )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    _expect(not repeated, path, f"'hyperparameter_names' repeats {repeated}")
+    _expect(
+        values.shape == (n_members, len(names)) and values.dtype.kind in "fiu",
+        path,
+        f"'hyperparameter_values' must be float [members={n_members}, H={len(names)}] (one "
+        f"row per member, one column per name), got {values.dtype} {values.shape}",
+    )
+    values = values.astype(np.float64)
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        member, column = bad[0]
+        raise ScoreFileError(
+            f"{path}: 'hyperparameter_values' must be finite; member {member} has "
+            f"{names[column]}={values[member, column]}"
+        )
+    return names, values
 
 
 def _arrays(checked: FoldScores) -> dict[str, np.ndarray]:
@@ -192,6 +262,14 @@ def _arrays(checked: FoldScores) -> dict[str, np.ndarray]:
         "optimizer": np.asarray(checked.optimizer, dtype=str),
         "fold": np.asarray(checked.fold, dtype=np.int64),
         "dataset": np.asarray(checked.dataset, dtype=str),
+        **(
+            {}
+            if checked.hyperparameter_values is None
+            else {
+                "hyperparameter_names": np.asarray(checked.hyperparameter_names, dtype=str),
+                "hyperparameter_values": checked.hyperparameter_values,
+            }
+        ),
     }
 
 
@@ -220,12 +298,47 @@ def read_score_file(path: str | Path) -> FoldScores:
             not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
         )
         try:
-            arrays = {key: archive[key] for key in SCORE_FILE_KEYS}
+            arrays = {
+                key: archive[key]
+                for key in (*SCORE_FILE_KEYS, *OPTIONAL_KEYS)
+                if key in archive.files
+            }
         except _UNREADABLE as error:
             raise ScoreFileError(
                 f"{path}: cannot read its arrays (malformed or truncated?): {error!r}"
             ) from error
     return _checked(path, arrays)
+
+
+def _hyperparameter_arrays(
+    path: Path, hyperparameters: Mapping[str, Sequence[float]], n_members: int
+) -> dict[str, np.ndarray]:
+    """``write_score_file``'s ``hyperparameters`` as the file's two arrays (checked there)."""
+    _expect(
+        isinstance(hyperparameters, Mapping),
+        path,
+        "'hyperparameters' must map names to per-member values, e.g. "
+        f"{{'learning_rate': [1e-3, 1e-3, 3e-4, 3e-4]}}; got {type(hyperparameters).__name__}",
+    )
+    columns = []
+    for name, values in hyperparameters.items():
+        _expect(
+            isinstance(name, str),
+            path,
+            f"hyperparameter name {name!r} is not a string (one of {list(HYPERPARAMETER_NAMES)})",
+        )
+        column = np.asarray(values)
+        _expect(
+            column.ndim == 1 and column.shape[0] == n_members and column.dtype.kind in "fiu",
+            path,
+            f"hyperparameter {name!r} must have one number per member ({n_members}), got "
+            f"{column.dtype} {column.shape}",
+        )
+        columns.append(column.astype(np.float64))
+    return {
+        "hyperparameter_names": np.asarray(list(hyperparameters), dtype=str),
+        "hyperparameter_values": np.stack(columns, axis=1),
+    }
 
 
 def write_score_file(
@@ -240,6 +353,7 @@ def write_score_file(
     optimizer: str,
     fold: int,
     dataset: str,
+    hyperparameters: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Checks and writes one ``{OPTIMIZER}.npz`` score file, atomically.
 
@@ -262,6 +376,11 @@ def write_score_file(
       optimizer: the group name.
       fold: the fold number (0-based).
       dataset: the data set's name.
+      hyperparameters: a hyperparameter sweep's per-member values, name -> ``[members]``
+        values in the member order (grid point by grid point), names from
+        ``specs.HYPERPARAMETER_NAMES``; stored as ``hyperparameter_names`` and
+        ``hyperparameter_values``. None (or empty) for a run without a sweep: the file then
+        holds neither key, as before sweeps existed.
 
     Returns:
       ``path``.
@@ -281,7 +400,10 @@ def write_score_file(
         "fold": fold,
         "dataset": dataset,
     }
-    checked = _checked(path, {key: np.asarray(value) for key, value in given.items()})
+    arrays = {key: np.asarray(value) for key, value in given.items()}
+    if hyperparameters:
+        arrays.update(_hyperparameter_arrays(path, hyperparameters, len(arrays["scores"])))
+    checked = _checked(path, arrays)
     _expect(
         path.name == f"{checked.optimizer}.npz",
         path,

@@ -8,6 +8,9 @@
 - Table 2: fused ensembles; a default row that a run cannot serve is "n/a" with the reason,
   an ensemble given explicitly must be servable. Specs are checked against the groups the
   runs hold: the trainer, not this package, owns the list of optimizers.
+- A hyperparameter sweep's grid points are groups of their own (``runs.load_run``): Table 1
+  has a row per grid point, a spec picks one (``DGrad[learning_rate=3e-4](3)``), and the
+  sweep table (``sweep_table``) gives each grid point's stand-alone and fused accuracy.
 
 References:
   Nanni, Maguolo & Lumini, "Exploiting Adam-like Optimization Algorithms to Improve the
@@ -34,6 +37,7 @@ from ensembling.specs import (
     describe_group,
     display_name,
     parse_ensemble_spec,
+    split_group,
 )
 
 
@@ -70,21 +74,65 @@ class EnsembleResult(NamedTuple):
     fused: FusedScores
 
 
-def _check_servable(data: DatasetScores, spec: EnsembleSpec) -> None:
-    """Checks the spec against the groups the runs hold (the only list of groups here)."""
+def resolve_group(data: DatasetScores, group: str, label: str | None = None) -> str:
+    """The group of ``data`` that a spec's term names.
+
+    A plain group is itself; a grid point (``"dgrad[b1=0.9,learning_rate=0.001]"``) is the
+    run's grid point of that optimizer with the same names and formatted values, in any
+    order (the run names it in its score file's order).
+
+    Raises:
+      EnsembleSpecError: if ``data`` has no such group; for a plain name of a swept
+        optimizer, or a grid point the sweep lacks, the message lists the grid points.
+    """
+    label = label or display_name(group)
+    if group in data.groups:
+        return group
+    optimizer, point = split_group(group)
+    points = [
+        name for name in data.groups if name != optimizer and split_group(name)[0] == optimizer
+    ]
+    for name in points:
+        if set(split_group(name)[1]) == set(point):
+            return name
+    runs = ", ".join(map(str, data.run_dirs))
+    if points:
+        choices = ", ".join(display_name(name) for name in points)
+        example = ",".join(f"{name}={value}" for name, value in split_group(points[0])[1])
+        problem = (
+            f"{display_name(optimizer)} was trained as a hyperparameter sweep on "
+            f"{data.dataset!r} (runs {runs}); name one of its grid points: {choices} "
+            f"(e.g. '{display_name(points[0])}(k)' or '{optimizer}@{example}:k')"
+            if not point
+            else f"data set {data.dataset!r} (runs {runs}) has no grid point "
+            f"{display_name(group)}; the grid points of {display_name(optimizer)} are {choices}"
+        )
+    elif point and optimizer in data.groups:
+        problem = (
+            f"{display_name(optimizer)} on {data.dataset!r} (runs {runs}) has no "
+            f"hyperparameter sweep, so no grid point {display_name(group)}; name it "
+            f"{display_name(optimizer)}(k)"
+        )
+    else:
+        problem = (
+            f"data set {data.dataset!r} (runs {runs}) has no {describe_group(group)} "
+            f"scores; its groups are {list(data.groups)}"
+        )
+    raise EnsembleSpecError(f"{label}: {problem}")
+
+
+def _resolved(data: DatasetScores, spec: EnsembleSpec) -> EnsembleSpec:
+    """``spec`` with its terms named as ``data``'s groups, checked against them."""
+    terms = []
     for optimizer, count in spec.terms:
-        group = data.groups.get(optimizer)
-        if group is None:
-            raise EnsembleSpecError(
-                f"{spec.label}: data set {data.dataset!r} (runs "
-                f"{', '.join(map(str, data.run_dirs))}) has no {describe_group(optimizer)} "
-                f"scores; its groups are {list(data.groups)}"
-            )
+        group = data.groups[resolve_group(data, optimizer, spec.label)]
         if count > group.n_members:
             raise EnsembleSpecError(
                 f"{spec.label}: asks for {count} {display_name(optimizer)} members, but "
                 f"{group.run_dir} trained {group.n_members} on {data.dataset!r}"
             )
+        terms.append((group.optimizer, count))
+    return EnsembleSpec(tuple(terms))
 
 
 def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum") -> EnsembleResult:
@@ -96,6 +144,7 @@ def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum"
       EnsembleSpecError: if a group is missing or has fewer members than asked for, or if
         every member of the ensemble diverged in some fold.
     """
+    spec = _resolved(data, spec)
     fold = unfusable_fold(data, spec)
     if fold is not None:
         raise EnsembleSpecError(
@@ -272,11 +321,19 @@ def table2(
 
 
 def trained_group_ensembles(datasets: Mapping[str, DatasetScores]) -> list[EnsembleSpec]:
-    """Every trained group with all its members, then all groups together, per data set."""
+    """Every trained group with all its members, then all groups together, per data set.
+
+    A sweep's grid points are groups: each is a row whole. A data set with a sweep has no
+    all-groups row (fusing every grid point, diverged and poor ones included, is asked for
+    explicitly, if wanted).
+    """
     specs: dict[str, EnsembleSpec] = {}
     for data in datasets.values():
         terms = tuple((name, group.n_members) for name, group in data.groups.items())
-        for spec in [EnsembleSpec((term,)) for term in terms] + [EnsembleSpec(terms)]:
+        rows = [EnsembleSpec((term,)) for term in terms]
+        if not any(group.hyperparameters for group in data.groups.values()):
+            rows.append(EnsembleSpec(terms))
+        for spec in rows:
             specs.setdefault(spec.label, spec)
     return list(specs.values())
 
@@ -287,7 +344,7 @@ def unfusable_fold(data: DatasetScores, spec: EnsembleSpec) -> int | None:
     Raises:
       EnsembleSpecError: if a group is missing or has fewer members than asked for.
     """
-    _check_servable(data, spec)
+    spec = _resolved(data, spec)
     diverged_everywhere = np.ones(len(data.folds), dtype=bool)
     for optimizer, count in spec.terms:
         diverged_everywhere &= data.groups[optimizer].diverged[:count].all(axis=0)
@@ -309,3 +366,75 @@ def accuracy_by_ensemble_size(data: DatasetScores, optimizer: str, rule: str = "
         if unfusable_fold(data, spec) is None:
             accuracies[k - 1] = evaluate_ensemble(data, spec, rule).metrics.accuracy
     return accuracies
+
+
+class SweepRow(NamedTuple):
+    """The sweep table: one grid point of a hyperparameter sweep on one data set.
+
+    Attributes:
+      dataset: the data set.
+      optimizer: the optimizer (``"dgrad"``).
+      group: the grid point's group (``"dgrad[learning_rate=0.001]"``).
+      hyperparameters: ``(name, value)`` pairs, in the score file's order.
+      n_members: members trained at the grid point.
+      diverged_members: members that diverged in some fold (left out of the stand-alone mean
+        and std; left out of fusion in the folds where they diverged).
+      accuracy_mean: the other members' mean stand-alone accuracy, pooled over the folds
+        (NaN if none).
+      accuracy_std: their standard deviation, ``ddof=1`` (NaN for fewer than two).
+      fused_accuracy: the grid point's members fused (NaN if every member diverged in some
+        fold: no fused decision there).
+    """
+
+    dataset: str
+    optimizer: str
+    group: str
+    hyperparameters: tuple[tuple[str, float], ...]
+    n_members: int
+    diverged_members: tuple[int, ...]
+    accuracy_mean: float
+    accuracy_std: float
+    fused_accuracy: float
+
+
+def sweep_table(
+    datasets: Mapping[str, DatasetScores], members: Sequence[MemberResult], rule: str = "sum"
+) -> list[SweepRow]:
+    """Every grid point of every sweep: stand-alone (Table 1's) and fused accuracy.
+
+    Args:
+      datasets: from ``load_runs``.
+      members: ``member_results`` of those data sets.
+      rule: the fusion rule.
+
+    Returns:
+      Rows by data set, then group in the runs' order (optimizers in the paper's order, grid
+      points in the score file's); empty when no run has a sweep.
+    """
+    table1_rows = {(row.dataset, row.optimizer): row for row in table1(members)}
+    rows = []
+    for data in datasets.values():
+        for name, group in data.groups.items():
+            if not group.hyperparameters:
+                continue
+            row = table1_rows[(data.dataset, name)]
+            spec = EnsembleSpec(((name, group.n_members),))
+            fused = (
+                evaluate_ensemble(data, spec, rule).metrics.accuracy
+                if unfusable_fold(data, spec) is None
+                else math.nan
+            )
+            rows.append(
+                SweepRow(
+                    dataset=data.dataset,
+                    optimizer=group.base_optimizer,
+                    group=name,
+                    hyperparameters=group.hyperparameters,
+                    n_members=row.n_members,
+                    diverged_members=row.diverged_members,
+                    accuracy_mean=row.accuracy_mean,
+                    accuracy_std=row.accuracy_std,
+                    fused_accuracy=fused,
+                )
+            )
+    return rows
