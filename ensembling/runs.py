@@ -204,6 +204,25 @@ def _read_sweep(config_path: Path, sweep) -> dict[str, list[float]]:
     return {name: [float(v) for v in values] for name, values in sweep.items()}
 
 
+def _check_sweep_names(scores: FoldScores, sweep: dict[str, list[float]]) -> None:
+    """A sweep's file holds the sweep's hyperparameter names; another file holds none."""
+    path, names = scores.path, scores.hyperparameter_names
+    if not sweep:
+        _expect(
+            not names,
+            path,
+            f"holds hyperparameters {list(names)}, but config.json has no 'sweep' (a sweep's "
+            "score files hold them, other runs' files do not)",
+        )
+        return
+    _expect(
+        set(names) == set(sweep),
+        path,
+        f"holds hyperparameters {list(names)}; config.json's 'sweep' varies {list(sweep)} "
+        "(a sweep's score files hold each member's values)",
+    )
+
+
 def _grid_points(
     scores: FoldScores, per_point: int, sweep: dict[str, list[float]]
 ) -> list[tuple[str, tuple[tuple[str, float], ...], slice]]:
@@ -213,20 +232,9 @@ def _grid_points(
     of ``per_point``, one grid point each, every grid point of the sweep once.
     """
     path, names = scores.path, scores.hyperparameter_names
+    _check_sweep_names(scores, sweep)
     if not sweep:
-        _expect(
-            not names,
-            path,
-            f"holds hyperparameters {list(names)}, but config.json has no 'sweep' (a sweep's "
-            "score files hold them, other runs' files do not)",
-        )
         return [(scores.optimizer, (), slice(None))]
-    _expect(
-        set(names) == set(sweep),
-        path,
-        f"holds hyperparameters {list(names)}; config.json's 'sweep' varies {list(sweep)} "
-        "(a sweep's score files hold each member's values)",
-    )
     allowed = {name: [format_hyperparameter(v) for v in values] for name, values in sweep.items()}
     points, starts = [], {}
     for start in range(0, scores.scores.shape[0], per_point):
@@ -328,6 +336,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                 f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
                 f"{optimizer!r}, fold {fold}",
             )
+            _check_sweep_names(scores, sweep)
             per_grid_point = (
                 f" per grid point x {n_points} grid points of its 'sweep' = {members * n_points}"
                 if sweep
