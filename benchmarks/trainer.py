@@ -1,370 +1,496 @@
 """Member strategies, step loops, throughput and memory of the ensemble trainer.
 
-Not a test: a measurement, whose numbers set the trainer's ``auto`` choices
-(``train.AUTO_MEMBER_STRATEGY`` and ``train.AUTO_STEP_LOOP``). From the repository root:
+Not a test: a measurement, whose numbers set the trainer's ``auto`` tables
+(``training.placement.AUTO_MEMBER_STRATEGY`` and ``AUTO_STEP_LOOP``). From the repository root:
 
-    python benchmarks/trainer.py --suite cpu   # under 10 minutes on 2 CPU cores
-    python benchmarks/trainer.py --suite gpu   # under 8 minutes on one GPU
+    python benchmarks/trainer.py --suite cpu   # about 10 minutes on 2 CPU cores
+    python benchmarks/trainer.py --suite gpu   # about 6 minutes on one H200 (--budget-s 330)
+    python benchmarks/trainer.py --suite gpu --smoke   # every code path, tiny model, on CPU
 
-It prints Markdown tables and writes ``benchmarks/results/trainer_<suite>.json`` with the
-machine, the backend and the versions. What it measures, each after checking that the path
-it times computes the same numbers as the plain one:
+It writes ``benchmarks/results/trainer_<suite>[_smoke].json`` after every row (a run cut off
+by a timeout keeps what it measured) and prints Markdown tables and a recommendation. Parts,
+in order: the optimizer update (``benchmarks/optimizer_update.py``, in a subprocess that
+writes to a temporary file, before this process takes the GPU); a bf16/f32 matrix-product
+peak; ensemble efficiency E(N) = N * t_single / t_group per member strategy, with compile
+time, XLA-counted FLOPs and memory per member, each row checked against the written-out loop;
+the step loop (Python loop against ``lax.scan``); the paper's protocol (images/s, MFU, the
+whole HeLa experiment's time from the measured steps, compiles and predictions).
 
-- ensemble efficiency E(N) = N * t_single / t_group for N members per group and every member
-  strategy (vmap, loop, members sharded over devices); E > 1 means a group of N trains faster
-  than N members one by one;
-- the step loop: a Python loop of jitted steps against ``lax.scan`` with and without unroll;
-- throughput of the paper's protocol (ResNet50, 224x224, batch 30): images per second, the
-  XLA-counted FLOPs of a train step, model FLOP utilisation against the card's peak, and the
-  estimated time of the whole HeLa experiment;
-- memory per member (the compiled step's argument, output and temporary buffers; device peak
-  on GPUs);
-- the optimizer update cost, from ``benchmarks/optimizer_update.py``.
+Strategies ``map`` and ``map-vmap2`` are benchmark-only candidates, not trainer strategies:
+``jax.lax.map`` over the members (compiled once, whatever N) and over vmapped chunks of 2.
+Rows whose estimated cost exceeds the per-row cap or the remaining budget are skipped and
+say so; the reference row (loop, N=1) always runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import inspect
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 _pre_parser = argparse.ArgumentParser(add_help=False)
 _pre_parser.add_argument("--suite")
-_suite, _ = _pre_parser.parse_known_args()  # before jax is imported
-if getattr(_suite, "suite", None) == "cpu" and "XLA_FLAGS" not in os.environ:
+_pre_parser.add_argument("--smoke", action="store_true")
+_early, _ = _pre_parser.parse_known_args()  # before jax is imported
+# Smoke runs compile with XLA's optimisation off (10x faster compiles; numbers meaningless).
+_FAST = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+_CHILD_XLA_FLAGS = " ".join([os.environ.get("XLA_FLAGS", "")] + _FAST * _early.smoke).strip()
+if _early.suite == "cpu" and "XLA_FLAGS" not in os.environ:
     # Two host devices on a two-core machine: the smallest setting in which sharding members
     # over devices can show what it costs or saves.
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+if _early.smoke:
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST]).strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import train  # noqa: E402
-from data.augment import Normalization  # noqa: E402
+import trainer_support as ts  # noqa: E402  (beside this script: sys.path[0])
+
+from models.pretrained import Normalization  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.members import epoch_randomness, member_keys  # noqa: E402
+from training.placement import (  # noqa: E402
+    AUTO_MEMBER_STRATEGY,
+    AUTO_STEP_LOOP,
+    replicate,
+    resolve_placement,
+)
+from training.programs import GroupData, GroupPrograms, ProgramSpec, predict_members  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-# Dense bfloat16 peak of the cards this project runs on, FLOP/s (vendor data sheets).
-BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-# The paper's HeLa protocol: 862 images, 5 folds, batch 30, 20 epochs, 56 members.
-HELA_IMAGES, HELA_FOLDS, HELA_MEMBERS = 862, 5, 14 + 7 + 7 + 14 + 7 + 7
+DATASHEET_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, FLOP/s
+MATMUL_REFERENCE = {"H200": 790e12}  # 8192^3 bf16 products seen on the device machine
+GROUP, CLASSES, NORMALIZATION = "dgrad", 10, Normalization((0.5,) * 3, (0.25,) * 3)
+LOSS_RTOL = {"float32": 1e-4, "bfloat16": 3e-2}  # bf16 convolutions round differently
+CLOSE_FRACTION = {"float32": 0.9, "bfloat16": 0.75}
 
+_RESNET50 = dict(model="resnet50", image_size=224, batch_size=30)
 SUITES = {
     "cpu": dict(
-        efficiency=dict(model="resnet18_small", image_size=32, batch_size=32, dtype="float32",
-                        members=(1, 2, 4, 8), strategies=("loop", "vmap", "sharded")),
-        step_loop=dict(model="resnet18_small", image_size=32, batch_size=32, dtype="float32",
-                       steps=6, members=2),
-        paper=dict(model="resnet50", image_size=224, batch_size=30, dtype="float32",
-                   members=1, steps=2),
+        model="resnet18_small", image_size=32, batch_size=32, dtype="float32", steps_per_epoch=16,
+        rows=[(1, ("loop", "vmap", "sharded")), (2, ("loop", "vmap", "sharded")),
+              (4, ("loop", "vmap", "sharded")), (8, ("loop", "vmap", "sharded"))],
+        timing=dict(check_steps=2, steps=3, repeats=3), step_loop=dict(members=2, unrolls=(1, 8)),
+        paper=dict(_RESNET50, dtype="float32", steps_per_epoch=23,
+                   timing=dict(check_steps=1, steps=1, repeats=2)),
+        budget_s=900, row_cap_s=300, matmul=(1024, "float32"), optimizer_repeats=7,
     ),
     "gpu": dict(
-        efficiency=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
-                        members=(1, 2, 4, 7), strategies=("loop", "vmap")),
-        step_loop=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
-                       steps=12, members=1),
-        paper=dict(model="resnet50", image_size=224, batch_size=30, dtype="bfloat16",
-                   members=7, steps=10),
+        _RESNET50, dtype="bfloat16", steps_per_epoch=23,  # one HeLa epoch: 690 images
+        rows=[(1, ("loop", "vmap")), (2, ("loop", "vmap")),  # N=2 gives loop's compile slope
+              (7, ("loop", "vmap", "map", "map-vmap2")), (4, ("loop", "vmap")),
+              (14, ("vmap", "map", "map-vmap2", "loop"))],
+        timing=dict(check_steps=2, steps=5, repeats=3), step_loop=dict(members=1, unrolls=(1, 4)),
+        paper=None,  # the efficiency rows are the paper's protocol
+        budget_s=330, row_cap_s=150, matmul=(8192, "bfloat16"), optimizer_repeats=7,
     ),
 }  # fmt: skip
+SMOKE = dict(  # every code path on a tiny model; the N=200 row must be skipped by the cap
+    model="resnet_tiny", image_size=8, batch_size=4, steps_per_epoch=6, row_cap_s=None,
+    row_cap_factor=5,  # x the reference row's compile: relative, so loaded machines agree
+    timing=dict(check_steps=2, steps=2, repeats=1), matmul=(64, "float32"), optimizer_repeats=1,
+)
 
 
-class Group:
-    """One optimizer group's compiled programs, members, data and one epoch's randomness."""
+def placement_for(strategy: str, step_loop: str, members: int, batch_size: int):
+    """``resolve_placement``, with the batch size where it takes one (member x data mesh)."""
+    if "batch_size" in inspect.signature(resolve_placement).parameters:
+        return resolve_placement(strategy, step_loop, members, batch_size=batch_size)
+    return resolve_placement(strategy, step_loop, members)
 
-    def __init__(self, settings: dict, members: int, strategy: str, step_loop="python"):
-        self.config = train.TrainConfig(
-            model=settings["model"], image_size=settings["image_size"],
-            batch_size=settings["batch_size"], dtype=settings["dtype"], augment="paper",
-            step_loop=step_loop, scan_unroll=settings.get("unroll", 8),
+
+def device_memory() -> dict | None:
+    return jax.local_devices()[0].memory_stats()  # None on CPU
+
+
+# -- the measured programs ------------------------------------------------------------------
+class Bench:
+    """What every row shares: a pool of initialised members, one data set, one epoch's
+    orders and augmentation keys. Member m's keys depend only on m, so the first N members
+    of the pool are the members of any group of N."""
+
+    def __init__(self, settings: dict, pool: int):
+        self.settings, self.batch = settings, settings["batch_size"]
+        self.config = TrainConfig(
+            model=settings["model"], image_size=settings["image_size"], batch_size=self.batch,
+            dtype=settings["dtype"], augment="paper", step_loop="python", scan_unroll=1,
         )  # fmt: skip
-        mesh = train.member_mesh(members) if strategy == "sharded" else None
-        self.programs = train.GroupPrograms(
-            self.config, "dgrad", 10, strategy, mesh, Normalization((0.5,) * 3, (0.25,) * 3)
-        )
-        slots = -(-members // mesh.size) * mesh.size if mesh is not None else members
-        keys = jnp.stack([jax.random.key(train.member_seed(0, "dgrad", m)) for m in range(slots)])
-        self.members, self.slots = members, slots
-        self.state = self.programs.init(keys)
-        size = settings["image_size"]
-        count = settings["batch_size"] * 16
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, count).astype(np.int32)
-        self.data = train.GroupData(
-            train._replicated(images, mesh), train._replicated(labels, mesh),
-            jnp.asarray(count, jnp.int32),
-        )  # fmt: skip
-        self.orders, self.keys = train._epoch_randomness(keys, jnp.asarray(0), count, count)
-
-    def fresh_metrics(self):
-        return jnp.zeros((self.slots, 3), jnp.float32)
-
-    def copy_state(self):
-        return jax.tree.map(jnp.copy, self.state)
-
-    def step(self, state, metrics, step):
-        return self.programs.train_step(state, metrics, self.orders, step, self.keys, self.data)
-
-
-def _block(tree):
-    jax.block_until_ready(tree)
-    return tree
-
-
-def time_steps(group: Group, steps: int, warmup: int = 2) -> dict:
-    """Median seconds of one train step of the whole group, and the first call's time."""
-    state, metrics = group.copy_state(), group.fresh_metrics()
-    started = time.perf_counter()
-    state, metrics = _block(group.step(state, metrics, 0))
-    first = time.perf_counter() - started
-    for step in range(1, warmup):
-        state, metrics = _block(group.step(state, metrics, step))
-    times = []
-    for step in range(warmup, warmup + steps):
+        self.count = self.batch * settings["steps_per_epoch"]
+        rng, size = np.random.default_rng(0), settings["image_size"]
+        self.images = rng.integers(0, 256, (self.count, size, size, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, CLASSES, self.count).astype(np.int32)
+        init_keys, data_keys = member_keys(0, GROUP, 0, pool)
+        programs = GroupPrograms(self.spec(self.placement("loop", "python", pool)))
         started = time.perf_counter()
-        state, metrics = _block(group.step(state, metrics, step))
-        times.append(time.perf_counter() - started)
-    return dict(step_s=statistics.median(times), first_call_s=first)
+        self.state = jax.block_until_ready(programs.init(init_keys))
+        self.init_s = time.perf_counter() - started  # compile + run of the init program
+        count = jnp.asarray(self.count, jnp.int32)
+        self.orders, self.keys = epoch_randomness(data_keys, jnp.asarray(0), count, self.count)
+
+    def placement(self, strategy: str, step_loop: str, members: int):
+        return placement_for(strategy, step_loop, members, self.batch)
+
+    def spec(self, placement, config=None) -> ProgramSpec:
+        return ProgramSpec.for_group(config or self.config, GROUP, CLASSES, placement,
+                                     NORMALIZATION)  # fmt: skip
+
+    def inputs(self, placement, sharding=None):
+        """Fresh (state, metrics, orders, keys, data) of the first ``slots`` pool members,
+        put on ``sharding`` (a program's ``member_sharding``) where there is a mesh."""
+        slots, mesh = placement.slots, placement.mesh
+        pool = len(self.orders)
+        if slots > pool:
+            raise ValueError(f"a row needs {slots} member slots; the pool holds {pool}")
+        place = partial(jax.device_put, device=sharding) if sharding else (lambda tree: tree)
+        state = jax.tree.map(lambda leaf: jnp.copy(leaf[:slots]), self.state)  # donated
+        data = GroupData(replicate(self.images, mesh), replicate(self.labels, mesh),
+                         jnp.asarray(self.count, jnp.int32))  # fmt: skip
+        return (place(state), place(jnp.zeros((slots, 3), jnp.float32)),
+                place(self.orders[:slots]), place(self.keys[:slots]), data)  # fmt: skip
 
 
-def _max_difference(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))  # fmt: skip
+def step_program(bench: Bench, strategy: str, members: int):
+    """(placement, member sharding, jitted group step) of a row. A hybrid maps a one-member
+    trainer program over the members with ``jax.lax.map`` (vmapping chunks of
+    ``ts.HYBRIDS[strategy]``)."""
+    if strategy not in ts.HYBRIDS:
+        placement = bench.placement(strategy, "python", members)
+        programs = GroupPrograms(bench.spec(placement))
+        return placement, programs.member_sharding, programs.train_step
+    one = GroupPrograms(bench.spec(bench.placement("loop", "python", 1))).train_step
+    chunk = ts.HYBRIDS[strategy]
+
+    def member_step(member, step, data):
+        state, metrics, order, key = jax.tree.map(lambda leaf: leaf[None], member)
+        return jax.tree.map(lambda leaf: leaf[0], one(state, metrics, order, step, key, data))
+
+    def group_step(state, metrics, orders, step, keys, data):
+        return jax.lax.map(partial(member_step, step=step, data=data),
+                           (state, metrics, orders, keys), batch_size=chunk if chunk > 1 else None)
+
+    step = jax.jit(group_step, donate_argnums=(0, 1))
+    return bench.placement("loop", "python", members), None, step
 
 
-def _after_steps(group: Group, steps: int):
-    """The members' parameters and summed losses after ``steps`` plain steps."""
-    state, metrics = group.copy_state(), group.fresh_metrics()
-    for step in range(steps):
-        state, metrics = group.step(state, metrics, step)
-    return jax.tree.map(lambda leaf: leaf[: group.members], state.params), metrics[: group.members]
+def check_against(reference, params, losses, steps: int, bench: Bench) -> dict:
+    """Compares the first members with the reference trajectory (the written-out loop).
 
-
-def check_same(name: str, candidate, reference, steps: int, learning_rate: float) -> float:
-    """Raises unless two paths agree; returns the largest parameter difference.
-
-    An Adam-like step moves a parameter by at most about the learning rate, and near-zero
-    gradients may round to either sign, so a few parameters may differ by up to ``2 * lr`` a
-    step. Wrong data or keys move essentially every parameter by about the learning rate, so
-    at least 90% must agree within a tenth of that, and the losses, which depend on every
-    parameter, must agree closely.
+    An Adam-like step moves a parameter by at most about the learning rate; wrong data or
+    keys move essentially every parameter by about that much, so most parameters must agree
+    within a tenth of it, and the losses closely (looser in bfloat16).
     """
-    (params, metrics), (reference_params, reference_metrics) = candidate, reference
-    difference = _max_difference(params, reference_params)
-    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True)
-    close = sum(int(jnp.sum(jnp.abs(a - b) <= learning_rate / 10)) for a, b in pairs)
-    total = sum(leaf.size for leaf in jax.tree.leaves(params))
-    if (
-        difference > 2 * learning_rate * steps
-        or close < 0.9 * total
-        or not np.allclose(metrics[:, 0], reference_metrics[:, 0], rtol=1e-4)
-    ):
-        raise AssertionError(
-            f"{name} differs from the plain path: parameters by {difference}, losses "
-            f"{np.asarray(metrics[:, 0])} vs {np.asarray(reference_metrics[:, 0])}"
-        )
-    return difference
+    if reference is None:
+        return dict(against=None, ok=True)
+    ref_params, ref_losses = reference
+    k = min(len(losses), len(ref_losses))
+    pairs = list(zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True))
+    lr, dtype = bench.config.learning_rate, bench.config.dtype
+    diff = max(float(jnp.max(jnp.abs(a[:k] - b[:k]))) for a, b in pairs)
+    close = sum(int(jnp.sum(jnp.abs(a[:k] - b[:k]) <= lr / 10)) for a, b in pairs)
+    total = sum(a[:k].size for a, _ in pairs)
+    ok = (diff <= 2 * lr * steps and close >= CLOSE_FRACTION[dtype] * total
+          and np.allclose(losses[:k], ref_losses[:k], rtol=LOSS_RTOL[dtype]))  # fmt: skip
+    return dict(against=f"loop, first {k} members", ok=bool(ok), max_param_difference=diff,
+                close_fraction=close / total, losses=losses[:k].tolist(),
+                reference_losses=ref_losses[:k].tolist())  # fmt: skip
 
 
-def memory_per_member(group: Group) -> float:
-    """Bytes per member of the compiled step: arguments + outputs - donated + temporaries."""
-    compiled = group.programs.train_step.lower(
-        group.state, group.fresh_metrics(), group.orders, 0, group.keys, group.data
-    ).compile()
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return float("nan")
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             - stats.alias_size_in_bytes + stats.temp_size_in_bytes)  # fmt: skip
-    # A sharded program's sizes are per device, and each device holds slots / devices members.
-    devices = group.programs.mesh.size if group.programs.mesh is not None else 1
-    return total * devices / group.slots
+def measure_row(bench: Bench, strategy: str, members: int, reference, timing: dict) -> tuple:
+    """Compiles, checks and times one group step; returns (row, params, losses, compiled)."""
+    before, started = device_memory(), time.perf_counter()
+    placement, sharding, step = step_program(bench, strategy, members)
+    state, metrics, orders, keys, data = bench.inputs(placement, sharding)
+    compiled = step.lower(state, metrics, orders, 0, keys, data).compile()
+    compile_s = time.perf_counter() - started
+    spe = bench.settings["steps_per_epoch"]
+    for i in range(timing["check_steps"]):
+        state, metrics = compiled(state, metrics, orders, i, keys, data)
+    params = jax.tree.map(lambda leaf: jnp.copy(leaf[:members]), state.params)  # kept
+    losses = np.asarray(metrics[:members, 0])
+    check = check_against(reference, params, losses, timing["check_steps"], bench)
+    times, i = [], timing["check_steps"]
+    for _ in range(timing["repeats"]):  # no sync between steps, as in the trainer
+        start = time.perf_counter()
+        for _ in range(timing["steps"]):
+            state, metrics = compiled(state, metrics, orders, i % spe, keys, data)
+            i += 1
+        jax.block_until_ready((state, metrics))
+        times.append((time.perf_counter() - start) / timing["steps"])
+    step_s, flops = statistics.median(times), ts.xla_flops(compiled)
+    footprint = ts.compiled_bytes(compiled)
+    devices = placement.mesh.size if placement.mesh is not None else 1
+    delta, after = ts.peak_delta_bytes(before, device_memory()), device_memory()
+    row = dict(
+        strategy=strategy, members=members, slots=placement.slots,
+        benchmark_only=strategy in ts.HYBRIDS, compile_s=compile_s, step_ms=1e3 * step_s,
+        images_per_s=members * bench.batch / step_s, images_per_s_per_member=bench.batch / step_s,
+        xla_flops_per_image=flops / (placement.slots * bench.batch) if flops else None,
+        compiled_mb_per_member=footprint * devices / placement.slots / 1e6 if footprint else None,
+        device_peak_delta_mb_per_member=delta / members / 1e6 if delta else None,
+        device_peak_mb_process=after["peak_bytes_in_use"] / 1e6 if after else None,
+        check=check, row_s=time.perf_counter() - started,
+    )  # fmt: skip
+    return row, params, losses, compiled
 
 
-def efficiency(settings: dict) -> list[dict]:
-    """E(N) per strategy, each strategy checked against ``loop`` before it is timed.
+def _print_row(row: dict) -> None:
+    if "skipped" in row or "error" in row:
+        print(f"| {row['strategy']} | {row['members']} | {row.get('skipped') or row['error']} |")
+        return
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"| {row['strategy']} | {row['members']} | {row['step_ms']:.1f} | "
+          f"{row['efficiency']:.2f} | {row['compile_s']:.1f} | "
+          f"{fmt(row['compiled_mb_per_member'], '.1f')} | "
+          f"{fmt(row['device_peak_delta_mb_per_member'], '.1f')} | "
+          f"{fmt(row['mfu_datasheet'], '.1%')} / {fmt(row['mfu_matmul'], '.1%')} | "
+          f"{'ok' if row['check']['ok'] else 'DIFFERS'} |", flush=True)  # fmt: skip
 
-    t_single is the plain single-member step (``loop`` with N = 1), the same for every row.
-    Memory per member hardly depends on N, so it is read off the largest N only (reading it
-    compiles the step once more).
-    """
-    rows, single = [], {}
-    assert settings["strategies"][0] == "loop", "loop runs first: it is the reference"
-    for members in settings["members"]:
-        reference = None
-        for strategy in settings["strategies"]:
+
+def efficiency(bench: Bench, suite: dict, report: ts.Report, deadline: float, peaks: dict) -> dict:
+    """E(N) rows in the suite's priority order; returns the kept python-loop programs."""
+    rows, reference, kept, timing = report.data["efficiency"], None, {}, suite["timing"]
+    loop_members = suite["step_loop"]["members"]
+    print("\n| strategy | N | group step ms | E(N) | compile s | compiled MB/member | device peak "
+          "MB/member | MFU sheet / matmul | check |\n" + "|---" * 9 + "|")  # fmt: skip
+    for members, strategies in suite["rows"]:
+        for strategy in strategies:
             if strategy == "sharded" and jax.device_count() == 1:
                 continue
-            group = Group(settings, members, strategy)
+            measured = [r for r in rows if "step_ms" in r]
+            single = next((r for r in measured if (r["strategy"], r["members"]) == ("loop", 1)),
+                          None)  # fmt: skip
+            if single is not None:  # the reference row (loop, N=1) is never skipped
+                same = {r["members"]: r["compile_s"] for r in measured if r["strategy"] == strategy}
+                fallback = single["compile_s"] * (1 if strategy in ts.GROWS or same else 2)
+                per_member = max([r["step_ms"] / r["members"] for r in measured
+                                  if r["strategy"] == strategy] or [4 * single["step_ms"]])
+                steps = timing["check_steps"] + timing["steps"] * timing["repeats"]
+                estimate = (ts.estimate_compile_s(same, members, strategy in ts.GROWS, fallback)
+                            + steps * members * per_member / 1e3)  # fmt: skip
+                reserve = 3 * single["compile_s"]  # scan unroll 1, predict, paper margin
+                reason = ts.skip_reason(estimate, deadline - time.perf_counter(), reserve,
+                                     ts.row_cap(suite, single))  # fmt: skip
+                if reason:
+                    rows.append(dict(strategy=strategy, members=members, skipped=reason))
+                    _print_row(rows[-1])
+                    report.save()
+                    continue
+            try:
+                row, params, losses, compiled = measure_row(bench, strategy, members, reference,
+                                                            timing)  # fmt: skip
+            except Exception as error:  # noqa: BLE001  (one failing row must not end the run)
+                rows.append(dict(strategy=strategy, members=members, error=repr(error)[:800]))
+                _print_row(rows[-1])
+                report.save()
+                continue
+            single = single or row
+            row["efficiency"] = ts.ensemble_efficiency(members, single["step_ms"], row["step_ms"])
+            for name, peak in peaks.items():
+                row[name] = ts.mfu(row["images_per_s"], single["xla_flops_per_image"], peak)
+            if strategy == "loop" and (reference is None or members > len(reference[1])):
+                reference = (params, losses)
+            if strategy == "loop" and members == loop_members:
+                kept = dict(compiled=compiled, row=row)
+            rows.append(row)
+            _print_row(row)
+            report.save()
+    return kept
+
+
+def step_loops(bench: Bench, suite: dict, report: ts.Report, deadline: float, kept: dict):
+    """A Python loop of jitted steps against ``lax.scan`` over one epoch (unroll 1, ...)."""
+    members, steps = suite["step_loop"]["members"], bench.settings["steps_per_epoch"]
+    rows, repeats = report.data["step_loop"], max(suite["timing"]["repeats"], 1)
+    if not kept:
+        rows.append(dict(loop="python", skipped=f"no measured loop row with N={members}"))
+        return
+    python = kept["compiled"]
+    placement = bench.placement("loop", "python", members)
+
+    def run_python(state, metrics, orders, keys, data):
+        for i in range(steps):
+            state, metrics = python(state, metrics, orders, i, keys, data)
+        return jax.block_until_ready((state, metrics))
+
+    inputs = bench.inputs(placement)
+    state, metrics = run_python(*inputs)
+    reference = (jax.tree.map(lambda leaf: leaf[:members], state.params), np.asarray(metrics[:, 0]))
+    print("\n| step loop | unroll | ms per step | compile s | check |\n|---|---|---|---|---|")
+    candidates = [("python", None, run_python, kept["row"]["compile_s"])]
+    for unroll in suite["step_loop"]["unrolls"]:
+        config = dataclasses.replace(bench.config, scan_unroll=unroll)
+        estimate = kept["row"]["compile_s"] / members * (unroll + (steps % unroll > 0))
+        reason = ts.skip_reason(estimate, deadline - time.perf_counter(), 0.0,
+                             ts.row_cap(suite, kept["row"]))  # fmt: skip
+        if reason:
+            rows.append(dict(loop="scan", unroll=unroll, skipped=reason))
+            print(f"| scan | {unroll} | {reason} |")
+            continue
+        try:
+            scan_placement = bench.placement("loop", "scan", members)
+            epoch = GroupPrograms(bench.spec(scan_placement, config)).train_epoch(steps)
             started = time.perf_counter()
-            checked = jax.block_until_ready(_after_steps(group, 2))
+            compiled = epoch.lower(*bench.inputs(scan_placement)).compile()
             compile_s = time.perf_counter() - started
-            reference = reference or checked
-            difference = check_same(f"{strategy} N={members}", checked, reference, 2,
-                                    group.config.learning_rate)  # fmt: skip
-            timing = time_steps(group, steps=3 if members > 2 else 5)
-            if members == 1 and strategy == "loop":
-                single["loop"] = timing["step_s"]
-            largest = members == max(settings["members"])
-            rows.append(dict(
-                strategy=strategy, members=members, step_ms=1e3 * timing["step_s"],
-                compile_and_2_steps_s=compile_s,
-                efficiency=members * single["loop"] / timing["step_s"],
-                memory_mb_per_member=memory_per_member(group) / 1e6 if largest else None,
-                max_difference_vs_loop=difference,
-            ))  # fmt: skip
-            print(_row_markdown(rows[-1]), flush=True)
-    return rows
-
-
-def _row_markdown(row: dict) -> str:
-    return (f"| {row['strategy']} | {row['members']} | {row['step_ms']:.1f} | "
-            f"{row['efficiency']:.2f} | {row['compile_and_2_steps_s']:.1f} | "
-            f"{row['memory_mb_per_member'] or float('nan'):.0f} |")  # fmt: skip
-
-
-def step_loops(settings: dict) -> list[dict]:
-    """Seconds per step of a Python loop, a plain scan and an unrolled scan over an epoch."""
-    steps, rows = settings["steps"], []
-    members = settings["members"]
-    strategy = train.resolve_strategy(train.TrainConfig(), members)[0]
-    strategy = "loop" if strategy == "sharded" else strategy
-    python_group = Group(settings, members, strategy)
-    reference = _after_steps(python_group, steps)
-    for name, unroll in (("python", None), ("scan", 1), ("scan", 8)):
-        group = Group({**settings, "unroll": unroll or 1}, members, strategy)
-        epoch = group.programs.train_epoch(steps) if unroll else None
-
-        def run(state, metrics, group=group, epoch=epoch):
-            if epoch is not None:
-                return epoch(state, metrics, group.orders, group.keys, group.data)
-            for step in range(steps):
-                state, metrics = group.step(state, metrics, step)
-            return state, metrics
-
-        state, metrics = _block(run(group.copy_state(), group.fresh_metrics()))
-        params = jax.tree.map(lambda leaf: leaf[:members], state.params)
-        difference = check_same(f"{name} (unroll {unroll})", (params, metrics[:members]),
-                                reference, steps, group.config.learning_rate)  # fmt: skip
+        except Exception as error:  # noqa: BLE001
+            rows.append(dict(loop="scan", unroll=unroll, error=repr(error)[:800]))
+            continue
+        candidates.append(("scan", unroll, lambda *a, c=compiled: jax.block_until_ready(c(*a)),
+                           compile_s))  # fmt: skip
+    for name, unroll, run, compile_s in candidates:
+        state, metrics = run(*bench.inputs(placement))
+        check = check_against(reference, jax.tree.map(lambda leaf: leaf[:members], state.params),
+                              np.asarray(metrics[:members, 0]), steps, bench)  # fmt: skip
         times = []
-        for _ in range(1 if name == "scan" and jax.default_backend() == "cpu" else 3):
+        for _ in range(repeats):
+            inputs = bench.inputs(placement)
             started = time.perf_counter()
-            _block(run(group.copy_state(), group.fresh_metrics()))
-            times.append(time.perf_counter() - started)
-        rows.append(dict(loop=name, unroll=unroll, members=members, strategy=strategy,
-                         step_ms=1e3 * min(times) / steps, max_difference=difference))
-        print(f"| {name} | {unroll or '-'} | {rows[-1]['step_ms']:.1f} |", flush=True)
-    return rows
+            run(*inputs)
+            times.append((time.perf_counter() - started) / steps)
+        rows.append(dict(loop=name, unroll=unroll, members=members, step_ms=1e3 * min(times),
+                         compile_s=compile_s, check=check))  # fmt: skip
+        print(f"| {name} | {unroll or '-'} | {rows[-1]['step_ms']:.1f} | {compile_s:.1f} | "
+              f"{'ok' if check['ok'] else 'DIFFERS'} |", flush=True)  # fmt: skip
+        report.save()
 
 
-def paper_throughput(settings: dict) -> dict:
-    """Images per second, XLA-counted FLOPs and utilisation of the paper's train step."""
-    members = settings["members"]
-    strategy, _ = train.resolve_strategy(train.TrainConfig(), members)
-    strategy = "loop" if strategy == "sharded" else strategy
-    group = Group(settings, members, strategy)
-    single = Group(settings, 1, strategy)
-    compiled = single.programs.train_step.lower(
-        single.state, single.fresh_metrics(), single.orders, 0, single.keys, single.data
-    ).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops_per_image = float(cost.get("flops", float("nan"))) / settings["batch_size"]
-    del single, compiled
-    timing = time_steps(group, steps=settings["steps"])
-    images_per_s = members * settings["batch_size"] / timing["step_s"]
-    kind = jax.devices()[0].device_kind
-    peak = next((value for name, value in BF16_PEAK.items() if name in kind), None)
-    steps_per_epoch = (HELA_IMAGES * (HELA_FOLDS - 1) // HELA_FOLDS) // settings["batch_size"]
-    member_steps = HELA_MEMBERS * HELA_FOLDS * 20 * steps_per_epoch
-    hela_hours = member_steps * timing["step_s"] / members / 3600
-    device_peak = None
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        device_peak = stats["peak_bytes_in_use"] / members / 1e6
-    return dict(
-        strategy=strategy, members=members, dtype=settings["dtype"],
-        step_ms=1e3 * timing["step_s"], images_per_s=images_per_s,
-        train_gflops_per_image=flops_per_image / 1e9,
-        mfu=images_per_s * flops_per_image / peak if peak else None,
-        hela_experiment_hours=hela_hours, device_peak_mb_per_member=device_peak,
-        memory_mb_per_member=memory_per_member(group) / 1e6,
-    )  # fmt: skip
+def measure_predict(bench: Bench, strategy: str, members: int) -> dict:
+    """Compile and run time of the test-set predictions of a HeLa fold (173 images)."""
+    placement = bench.placement(strategy, "python", members)
+    programs = GroupPrograms(bench.spec(placement))
+    state = bench.inputs(placement, programs.member_sharding)[0]
+    test = bench.images[np.arange(ts.HELA["images"] // ts.HELA["folds"] + 1) % bench.count]
+    batch = bench.config.eval_batch_size
+    times = []
+    for _ in range(2):  # the first call compiles
+        started = time.perf_counter()
+        predict_members(programs, state, test, batch)
+        times.append(time.perf_counter() - started)
+    return dict(strategy=strategy, members=members, images=len(test), compile_s=times[0] - times[1],
+                seconds_per_member=times[1] / members)  # fmt: skip
 
 
-def optimizer_update() -> list[dict] | None:
-    """Runs benchmarks/optimizer_update.py and returns its rows."""
-    script = ROOT / "benchmarks" / "optimizer_update.py"
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, str(script), "--repeats", "7"], cwd=ROOT,
-                            env=environment, capture_output=True, text=True,
-                            check=False)  # fmt: skip
-    print(result.stdout)
-    if result.returncode != 0:
-        print(result.stderr, file=sys.stderr)
-        return None
-    path = RESULTS / "optimizer_update.json"
-    return json.loads(path.read_text())["rows"] if path.exists() else None
+def paper_protocol(bench: Bench, suite: dict, report: ts.Report, deadline: float, peaks: dict):
+    """Images/s, MFU and the HeLa experiment's time of the paper's protocol (ResNet50, 224,
+    batch 30): the efficiency rows themselves, or on CPU one separate ResNet50 row."""
+    rows = report.data["efficiency"]
+    if suite["paper"]:  # the CPU suite's efficiency model is smaller than the paper's
+        bench = Bench(suite["paper"], 1)
+        row = measure_row(bench, "loop", 1, None, suite["paper"]["timing"])[0]
+        rows = [dict(row, efficiency=1.0, **{k: ts.mfu(row["images_per_s"],
+                     row["xla_flops_per_image"], p) for k, p in peaks.items()})]  # fmt: skip
+    measured = [r for r in rows if "step_ms" in r]
+    if not measured:
+        return dict(problem="no measured row")
+    chosen = report.data["recommendation"].get("member_strategy")
+    chosen = chosen if any(r["strategy"] == chosen for r in measured) else "loop"
+    sizes = [r["members"] for r in measured if r["strategy"] == chosen]
+    predict = {}
+    if deadline - time.perf_counter() > 0 or suite.get("smoke"):  # smoke: always
+        predict = measure_predict(bench, chosen, 7 if 7 in sizes else max(sizes))
+    fields = ("strategy", "members", "step_ms", "images_per_s", "images_per_s_per_member",
+              "xla_flops_per_image", "mfu_datasheet", "mfu_matmul")  # fmt: skip
+    paper = dict(predict=predict, init_s=bench.init_s,
+                 rows=[{k: r.get(k) for k in fields} for r in measured],
+                 hela_experiment=ts.hela_estimates(measured, bench.batch, bench.init_s, predict))
+    print("\nHeLa experiment (56 members x 5 folds x 20 epochs), compiles included:")
+    for strategy, estimate in paper["hela_experiment"].items():
+        print(f"  {strategy}: {estimate['minutes']:.1f} min (extrapolated N: "
+              f"{estimate['extrapolated_members'] or 'none'})")
+    return paper
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
-    parser.add_argument("--smoke", action="store_true",
-                        help="run the suite's code paths on a tiny model and few members, to "
-                        "check the script itself (the numbers mean nothing)")  # fmt: skip
-    parser.add_argument("--skip", nargs="*", default=(),
-                        choices=("efficiency", "step_loop", "paper", "optimizer"),
-                        help="parts to leave out")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="run every code path on a tiny "
+                        "model and few members, to check the script itself (numbers meaningless)")
+    parser.add_argument("--budget-s", type=float, help="seconds after which no row starts "
+                        "(default: the suite's); the reference row always runs")  # fmt: skip
+    parser.add_argument("--output", type=Path, help="the results JSON (default: "
+                        "benchmarks/results/trainer_<suite>[_smoke].json)")  # fmt: skip
+    parser.add_argument("--rows", help="efficiency rows to run instead of the suite's, in "
+                        "order, e.g. '7:loop,vmap;14:map' (a rerun filling skipped rows)")
+    parser.add_argument("--unrolls", type=int, nargs="*", help="scan unrolls of the step-loop "
+                        "part instead of the suite's")  # fmt: skip
+    parser.add_argument("--skip", nargs="*", default=(), help="parts to leave out",
+                        choices=("optimizer", "step_loop", "paper"))  # fmt: skip
     args = parser.parse_args(argv)
-    suite = SUITES[args.suite]
+    suite = dict(SUITES[args.suite])
     if args.smoke:
-        tiny = dict(model="resnet_tiny", image_size=8, batch_size=4)
-        suite = {part: {**settings, **tiny} for part, settings in suite.items()}
-        suite["efficiency"]["members"] = (1, 2)
-        suite["paper"]["members"] = min(suite["paper"]["members"], 2)
+        suite = {**suite, **SMOKE, "smoke": True}
+        suite["rows"] = [(1, ("loop", "vmap", "sharded")), (2, ("loop", "vmap", "sharded")),
+                         (3, ("loop", "vmap", *ts.HYBRIDS)), (200, ("loop",))]  # fmt: skip
+        suite["step_loop"] = dict(members=1, unrolls=(1, 2))
+        if suite["paper"]:
+            suite["paper"] = {**suite["paper"], **SMOKE, "dtype": "float32"}
+    if args.rows:
+        suite["rows"] = ts.parse_rows(args.rows)
+        if not any(n == 1 and "loop" in names for n, names in suite["rows"]):
+            suite["rows"].insert(0, (1, ("loop",)))  # the reference of E(N) and the checks
+    if args.unrolls is not None:
+        suite["step_loop"] = dict(suite["step_loop"], unrolls=tuple(args.unrolls))
     started = time.perf_counter()
-    report = dict(
-        suite=args.suite, backend=jax.default_backend(), device=jax.devices()[0].device_kind,
-        devices=jax.device_count(), machine=platform.machine(), processor=platform.processor(),
-        cpus=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
-        auto_member_strategy=train.AUTO_MEMBER_STRATEGY, auto_step_loop=train.AUTO_STEP_LOOP,
+    deadline = started + (args.budget_s if args.budget_s is not None else suite["budget_s"])
+    path = args.output or RESULTS / f"trainer_{args.suite}{'_smoke' if args.smoke else ''}.json"
+    if "optimizer" not in args.skip:  # first: before this process takes the device's memory
+        optimizer = ts.optimizer_update(ROOT, suite["optimizer_repeats"], args.smoke,
+                                     max(deadline - time.perf_counter(), 60), _CHILD_XLA_FLAGS)
+    kind = jax.devices()[0].device_kind
+    report = ts.Report(
+        path, suite=args.suite, smoke=args.smoke, backend=jax.default_backend(), device=kind,
+        devices=jax.device_count(), machine=platform.machine(), cpus=os.cpu_count(),
+        python=platform.python_version(), jax=jax.__version__, jaxlib=ts.version("jaxlib"),
+        settings={k: v for k, v in suite.items() if k != "paper"}, paper_settings=suite["paper"],
+        budget_s=deadline - started, efficiency=[], step_loop=[],
     )  # fmt: skip
-    print(f"backend {report['backend']} ({report['device']}), {report['devices']} devices")
-    if "efficiency" not in args.skip:
-        print("\n| strategy | N | group step ms | E(N) | compile + 2 steps s | MB per member |")
-        print("|---|---|---|---|---|---|")
-        report["efficiency"] = efficiency(suite["efficiency"])
-    if "step_loop" not in args.skip:
-        print("\n| step loop | unroll | ms per step |\n|---|---|---|")
-        report["step_loop"] = step_loops(suite["step_loop"])
-    if "paper" not in args.skip:
-        report["paper"] = paper_throughput(suite["paper"])
-        paper = report["paper"]
-        mfu = f"{100 * paper['mfu']:.1f}%" if paper["mfu"] else "n/a (CPU)"
-        print("\n| strategy | N | dtype | step ms | images/s | train GFLOP/image | MFU | "
-              "HeLa experiment h |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
-        print(f"| {paper['strategy']} | {paper['members']} | {paper['dtype']} | "
-              f"{paper['step_ms']:.0f} | {paper['images_per_s']:.1f} | "
-              f"{paper['train_gflops_per_image']:.1f} | {mfu} | "
-              f"{paper['hela_experiment_hours']:.1f} |")  # fmt: skip
+    if args.smoke:
+        report.data["note"] = "smoke run: tiny model, the numbers are meaningless"
     if "optimizer" not in args.skip:
-        report["optimizer_update"] = optimizer_update()
-    report["seconds"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"trainer_{args.suite}{'_smoke' if args.smoke else ''}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path} ({report['seconds']:.0f} s)")
+        report.data["optimizer_update"] = optimizer
+    print(f"backend {report.data['backend']} ({kind}), {jax.device_count()} devices, "
+          f"jax {jax.__version__}{' (SMOKE: numbers meaningless)' if args.smoke else ''}")
+    sheet = next((v for k, v in DATASHEET_BF16_PEAK.items() if k in kind), None)
+    measured_peak = ts.matmul_peak(*suite["matmul"])
+    peaks = dict(mfu_datasheet=sheet, mfu_matmul=measured_peak)
+    report.data["peaks"] = dict(datasheet_bf16_flops=sheet, matmul_measured_flops=measured_peak,
+                                matmul=suite["matmul"], matmul_reference_flops=next(
+                                    (v for k, v in MATMUL_REFERENCE.items() if k in kind), None))
+    print(f"matrix product {suite['matmul']}: {measured_peak / 1e12:.1f} TFLOP/s")
+    pool = max(n for n, _ in suite["rows"] if n < 100) if args.smoke else max(
+        n for n, _ in suite["rows"])  # fmt: skip
+    bench = Bench(suite, -(-pool // jax.device_count()) * jax.device_count())
+    report.data["init_s"] = bench.init_s
+    kept = efficiency(bench, suite, report, deadline, peaks)
+    if "step_loop" not in args.skip:
+        step_loops(bench, suite, report, deadline, kept)
+    recommendation = ts.recommend(report.data["efficiency"], report.data["step_loop"])
+    report.data["recommendation"] = recommendation
+    if "paper" not in args.skip:
+        report.data["paper"] = paper_protocol(bench, suite, report, deadline, peaks)
+    backend = report.data["backend"]
+    tables = (("member_strategy", AUTO_MEMBER_STRATEGY), ("step_loop", AUTO_STEP_LOOP))
+    report.data["auto_table"] = ts.auto_sources(backend, recommendation, tables,
+                                             RESULTS / "trainer_cpu.json")  # fmt: skip
+    print(f"\nrecommendation ({recommendation.get('by')}): "
+          f"AUTO_MEMBER_STRATEGY[{backend!r}] = {recommendation.get('member_strategy')!r}, "
+          f"AUTO_STEP_LOOP[{backend!r}] = {recommendation.get('step_loop')!r} "
+          f"(best measured: {recommendation.get('best')!r}; now "
+          f"{AUTO_MEMBER_STRATEGY.get(backend)!r}/{AUTO_STEP_LOOP.get(backend)!r})")
+    report.save()
+    print(f"\nwrote {path} ({report.data['seconds']:.0f} s)")
     return 0
 
 
