@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
             kind = _cli_type(meta["parse"])
         else:
             kind = {"int": int, "float": float}.get(field.type, str)
-        parser.add_argument(flag, type=kind, choices=meta["choices"], help=help_text)
+        action = "append" if meta["append"] else "store"
+        parser.add_argument(flag, type=kind, choices=meta["choices"], action=action, help=help_text)
     add = parser.add_argument
     add("--resume", action="store_true", help="continue the run in --out-dir from its checkpoints")
     add(
@@ -142,6 +143,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = dict(PRESETS[args.preset])
     for field in dataclasses.fields(TrainConfig):
         given = getattr(args, field.name, None)
+        if given is not None and field.metadata["append"]:  # one mapping per repeated flag
+            merged: dict[str, Any] = {}
+            for part in given:
+                repeated = sorted(set(merged) & set(part))
+                if repeated:
+                    raise ValueError(f"--{field.name.replace('_', '-')} names {repeated} twice")
+                merged.update(part)
+            given = merged
         if given is not None:
             values[field.name] = given
     return TrainConfig(**values)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
 import platform
 import statistics
@@ -105,10 +104,8 @@ SMOKE = dict(  # every code path on a tiny model; the N=200 row must be skipped 
 
 
 def placement_for(strategy: str, step_loop: str, members: int, batch_size: int):
-    """``resolve_placement``, with the batch size where it takes one (member x data mesh)."""
-    if "batch_size" in inspect.signature(resolve_placement).parameters:
-        return resolve_placement(strategy, step_loop, members, batch_size=batch_size)
-    return resolve_placement(strategy, step_loop, members)
+    """The trainer's placement of ``members`` (auto mesh for "sharded")."""
+    return resolve_placement(strategy, step_loop, members, batch_size=batch_size)
 
 
 def device_memory() -> dict | None:

@@ -104,22 +104,3 @@ def augment_images(
         scale_key, (batch, 2), minval=config.min_scale, maxval=config.max_scale
     )
     return jax.vmap(_resample, in_axes=(0, None, 0))(images, output_size, scales)
-
-
-# Transitional: these names moved to models.pretrained (they describe weights, not
-# augmentation). Resolved lazily so that importing data never imports models; remove once
-# the trainer and the benchmarks import them from models.pretrained.
-_MOVED_TO_MODELS_PRETRAINED = (
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "KERAS_IMAGENET_MEAN_BGR",
-    "Normalization",
-)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_MODELS_PRETRAINED:
-        from models import pretrained  # noqa: PLC0415
-
-        return getattr(pretrained, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,10 +66,10 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn
     )
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    # No axis_name: ensemble members are vmapped or looped, never pmapped.
+def _batch_norm(train: bool, dtype: Any, name: str, axis_name: str | None) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train,
+        axis_name=axis_name,
         momentum=BATCH_NORM_MOMENTUM,
         epsilon=BATCH_NORM_EPSILON,
         dtype=dtype,
@@ -87,12 +87,14 @@ class BasicBlock(nn.Module):
         stride_placement: ignored (a basic block has one place for the stride); present
             so that all blocks share one constructor.
         dtype: computation dtype.
+        batch_norm_axis: see ``ResNet``.
     """
 
     filters: int
     strides: int = 1
     stride_placement: str = "v1"
     dtype: Any = jnp.float32
+    batch_norm_axis: str | None = None
 
     expansion = 1
 
@@ -100,12 +102,12 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         shortcut = x
         y = _conv(self.filters, 3, self.strides, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+        y = nn.relu(_batch_norm(train, self.dtype, "bn1", self.batch_norm_axis)(y))
         y = _conv(self.filters, 3, 1, self.dtype, "conv2")(y)
-        y = _batch_norm(train, self.dtype, "bn2")(y)
+        y = _batch_norm(train, self.dtype, "bn2", self.batch_norm_axis)(y)
         if self.strides != 1 or x.shape[-1] != self.filters:
             shortcut = _conv(self.filters, 1, self.strides, self.dtype, "shortcut_conv")(x)
-            shortcut = _batch_norm(train, self.dtype, "shortcut_bn")(shortcut)
+            shortcut = _batch_norm(train, self.dtype, "shortcut_bn", self.batch_norm_axis)(shortcut)
         return nn.relu(y + shortcut)
 
 
@@ -117,12 +119,14 @@ class BottleneckBlock(nn.Module):
         strides: down-sampling stride of the block (1 or 2).
         stride_placement: ``"v1"`` strides the first 1x1 convolution, ``"v1.5"`` the 3x3.
         dtype: computation dtype.
+        batch_norm_axis: see ``ResNet``.
     """
 
     filters: int
     strides: int = 1
     stride_placement: str = "v1"
     dtype: Any = jnp.float32
+    batch_norm_axis: str | None = None
 
     expansion = 4
 
@@ -134,14 +138,14 @@ class BottleneckBlock(nn.Module):
         )
         shortcut = x
         y = _conv(self.filters, 1, strides_1x1, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+        y = nn.relu(_batch_norm(train, self.dtype, "bn1", self.batch_norm_axis)(y))
         y = _conv(self.filters, 3, strides_3x3, self.dtype, "conv2")(y)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
+        y = nn.relu(_batch_norm(train, self.dtype, "bn2", self.batch_norm_axis)(y))
         y = _conv(out_filters, 1, 1, self.dtype, "conv3")(y)
-        y = _batch_norm(train, self.dtype, "bn3")(y)
+        y = _batch_norm(train, self.dtype, "bn3", self.batch_norm_axis)(y)
         if self.strides != 1 or x.shape[-1] != out_filters:
             shortcut = _conv(out_filters, 1, self.strides, self.dtype, "shortcut_conv")(x)
-            shortcut = _batch_norm(train, self.dtype, "shortcut_bn")(shortcut)
+            shortcut = _batch_norm(train, self.dtype, "shortcut_bn", self.batch_norm_axis)(shortcut)
         return nn.relu(y + shortcut)
 
 
@@ -166,6 +170,9 @@ class ResNet(nn.Module):
         stride_placement: ``"v1"`` or ``"v1.5"``, see the module docstring.
         small_inputs: use the small-image stem (3x3 stride 1, no max pool).
         dtype: computation dtype; parameters are float32 and logits are cast to float32.
+        batch_norm_axis: a named axis (of ``jax.shard_map`` or ``vmap``) over which one
+            batch is split; BatchNorm then averages its batch statistics over that axis, so
+            they are the statistics of the whole batch. None: the batch is local.
 
     Call:
         ``model.apply(variables, images, train=...)`` with ``images`` a float array
@@ -180,6 +187,7 @@ class ResNet(nn.Module):
     stride_placement: str = "v1"
     small_inputs: bool = False
     dtype: Any = jnp.float32
+    batch_norm_axis: str | None = None
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -187,10 +195,10 @@ class ResNet(nn.Module):
         x = jnp.asarray(images, self.dtype)
         if self.small_inputs:
             x = _conv(self.num_filters, 3, 1, self.dtype, "stem_conv")(x)
-            x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
+            x = nn.relu(_batch_norm(train, self.dtype, "stem_bn", self.batch_norm_axis)(x))
         else:
             x = _conv(self.num_filters, 7, 2, self.dtype, "stem_conv")(x)
-            x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
+            x = nn.relu(_batch_norm(train, self.dtype, "stem_bn", self.batch_norm_axis)(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
@@ -199,6 +207,7 @@ class ResNet(nn.Module):
                     strides=2 if stage > 0 and block == 0 else 1,
                     stride_placement=self.stride_placement,
                     dtype=self.dtype,
+                    batch_norm_axis=self.batch_norm_axis,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))

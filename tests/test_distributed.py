@@ -2,9 +2,11 @@
 
 ``python train.py --distributed --strategy sharded`` is started twice, as process 0 and 1 of a
 ``jax.distributed`` run over the loopback interface (CPU collectives through gloo), each with
-two simulated CPU devices, so the group's four members are split over four devices in two
-processes. Their scores, CSV log and orbax checkpoint must match a single-process run of the
-same configuration with the ``loop`` strategy, which shares nothing with the sharded path.
+two simulated CPU devices: the group's four members are split over four devices in two
+processes (mesh member=4 data=1), or, on a 2-D mesh (member=2 data=2), two members per
+process with each member's batch split over the process's two devices. Their scores, CSV
+log and orbax checkpoint must match a single-process run of the same configuration with the
+``loop`` strategy, which shares nothing with the sharded path.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ RUN_ARGS = [
     "--folds", "0",
     "--batch-size", "64",
     "--checkpoint-every", "1",
+    "--keep-checkpoints",
     "--no-progress",
 ]  # fmt: skip
+MESHES = {"member-axis": [], "member-and-data-axes": ["--mesh", "member=2,data=2"]}
 
 
 def free_loopback_port() -> int:
@@ -45,7 +49,7 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_two_process_run(out_dir: str, log_dir: str) -> list[str]:
+def launch_two_process_run(out_dir: str, log_dir: str, mesh_args: list[str]) -> list[str]:
     """Runs the trainer as a 2-process jax.distributed job and returns each process's output."""
     port = free_loopback_port()
     env = {
@@ -61,7 +65,7 @@ def launch_two_process_run(out_dir: str, log_dir: str) -> list[str]:
         JAX_NUM_PROCESSES=str(PROCESSES),
     )
     command = [sys.executable, TRAIN_SCRIPT, "--distributed", "--strategy", "sharded",
-               *RUN_ARGS, "--out-dir", out_dir]  # fmt: skip
+               *RUN_ARGS, *mesh_args, "--out-dir", out_dir]  # fmt: skip
     processes, outputs = [], []
     try:
         for process_id in range(PROCESSES):
@@ -96,7 +100,7 @@ def launch_two_process_run(out_dir: str, log_dir: str) -> list[str]:
 
 def restore_checkpoint(run_dir: str, step: int) -> dict:
     """A checkpoint of the trainer's fold-0 dgrad group as NumPy arrays, on any topology."""
-    path = os.path.join(run_dir, "checkpoints", "fold0", "dgrad", str(step), "default")
+    path = os.path.join(run_dir, "checkpoints", "fold0", "dgrad", str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(path).item_metadata.tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -109,21 +113,29 @@ def read_log(run_dir: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, str]:
-    """The run directories of the 2-process sharded run and of the 1-process loop run."""
-    root = tmp_path_factory.mktemp("distributed")
-    two = str(root / "two_processes")
-    outputs = launch_two_process_run(two, str(root))
-    one = str(root / "one_process")
+def one_process_run(tmp_path_factory) -> str:
+    """The run directory of the 1-process loop run, the reference."""
+    one = str(tmp_path_factory.mktemp("one") / "one_process")
     config = train.config_from_args(
         train.build_parser().parse_args([*RUN_ARGS, "--strategy", "loop", "--out-dir", one])
     )
     train.train_ensemble(config, progress=False)
-    return {"two": two, "one": one, "output0": outputs[0], "output1": outputs[1]}
+    return one
+
+
+@pytest.fixture(scope="module", params=list(MESHES))
+def runs(request, tmp_path_factory, one_process_run) -> dict[str, str]:
+    """The run directories of a 2-process sharded run and of the 1-process loop run."""
+    root = tmp_path_factory.mktemp("distributed")
+    two = str(root / "two_processes")
+    outputs = launch_two_process_run(two, str(root), MESHES[request.param])
+    return {"two": two, "one": one_process_run, "output0": outputs[0], "output1": outputs[1],
+            "mesh": request.param}  # fmt: skip
 
 
 def test_two_processes_each_hold_two_of_four_devices(runs):
-    assert "member strategy: sharded" in runs["output0"]
+    expected = "member=4 data=1" if runs["mesh"] == "member-axis" else "member=2 data=2"
+    assert f"member strategy: sharded, mesh {expected}" in runs["output0"]
     # Only process 0 reports; the other computes its members silently.
     assert "| dgrad | 4 |" in runs["output0"]
     assert "| dgrad |" not in runs["output1"]

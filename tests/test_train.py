@@ -94,11 +94,10 @@ def test_members_that_do_not_fill_every_device_are_padded(tmp_path, small_digits
     common = dict(optimizers={"dgrad": 3}, folds=(0,), epochs=1)
     reference = run(tmp_path, small_digits, "loop", **common)
     config = train.TrainConfig(
-        **{**FAST, **common, "out_dir": str(tmp_path / "padded"), "strategy": "sharded"}
-    )
-    padded = train.train_ensemble(  # 3 members on 2 devices: 4 slots
-        config, dataset=small_digits, progress=False, devices=jax.devices()[:2]
-    )
+        **{**FAST, **common, "out_dir": str(tmp_path / "padded"), "strategy": "sharded",
+           "mesh": {"member": 2, "data": 1}}
+    )  # fmt: skip
+    padded = train.train_ensemble(config, dataset=small_digits, progress=False)  # 4 slots
     scores = load_scores(padded.run_dir, 0, "dgrad")
     assert scores["scores"].shape[0] == 3 and len(scores["member_seeds"]) == 3
     np.testing.assert_allclose(
@@ -159,8 +158,8 @@ def test_a_diverging_member_is_reported_and_leaves_the_others_alone(tmp_path, sm
     healthy = run(tmp_path, small_digits, "healthy", **common)
 
     def poison_member_1(clean_init):
-        def poisoned(keys):
-            state = clean_init(keys)
+        def poisoned(*args):
+            state = clean_init(*args)
             params = jax.tree.map(lambda leaf: leaf.at[1].set(jnp.nan), state.params)
             return state._replace(params=params)
 

@@ -53,7 +53,7 @@ def run(tmp_path, dataset, name="run", **overrides) -> train.TrainResult:
 
 
 def programs_for(config, group, members, strategy="loop") -> GroupPrograms:
-    placement = resolve_placement(strategy, "python", members)
+    placement = resolve_placement(strategy, "python", members, batch_size=config.batch_size)
     return GroupPrograms(ProgramSpec.for_group(config, group, 10, placement, HALF))
 
 

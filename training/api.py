@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 from data import ImageDataset, iter_folds, load_dataset
 from ensembling.fusion import sum_rule_accuracy
 from ensembling.score_files import ScoreFileError, read_score_file, write_score_file
+from ensembling.specs import grid_point_group
 from ensembling.tables import accuracy_mean_and_std
 from models.pretrained import check_pretrained, preprocessing_for
-from training.config import TrainConfig, validate_config
+from training.config import TrainConfig, grid_points, validate_config
 from training.fold import Fold, FoldOutcome, GroupRun, StepCallback, train_fold, warn
-from training.members import member_seeds
+from training.members import member_seed
 from training.placement import Placement, describe_placement, resolve_placement
 from training.programs import GroupPrograms, ProgramFactory, ProgramSpec, group_programs
 from training.run_dir import RunDirectory
@@ -38,12 +39,16 @@ class GroupResult:
       fused_accuracy: the sum-rule accuracy of the group's non-diverged members.
       diverged: indices of members whose loss became NaN or inf in any fold.
       seconds: wall time spent training and evaluating the group.
+      scores: the members' test scores of all trained folds [members, n, classes].
+      valid: bool [members, n], False in the folds where a member diverged.
     """
 
     member_accuracy: np.ndarray
     fused_accuracy: float
     diverged: list[int]
     seconds: float
+    scores: np.ndarray = dataclasses.field(repr=False, default=None)
+    valid: np.ndarray = dataclasses.field(repr=False, default=None)
 
 
 @dataclasses.dataclass
@@ -53,7 +58,7 @@ class TrainResult:
     run_dir: str
     strategy: str
     step_loop: str
-    groups: dict[str, GroupResult]
+    groups: dict[str, GroupResult]  # by group, or by group and grid point for a sweep
     fused_accuracy: float  # all non-diverged members of all groups, sum rule
 
 
@@ -166,65 +171,123 @@ def train_ensemble(
     folds = select_folds(config, dataset)
     num_classes = len(dataset.class_names)
     normalization = preprocessing_for(config.weights)
+    points = grid_points(config)
+    members = {name: count * len(points) for name, count in config.optimizers.items()}
     placements = {
-        group: resolve_placement(config.strategy, config.step_loop, members, devices)
-        for group, members in config.optimizers.items()
+        name: resolve_placement(
+            config.strategy,
+            config.step_loop,
+            members[name],
+            batch_size=config.batch_size,
+            mesh_shape=dict(config.mesh) if config.mesh is not None else None,
+            devices=devices,
+        )
+        for name in config.optimizers
     }
     _check_weights(config, num_classes)
     train_rows = max(len(fold.train_indices) for fold in folds)
+    labels = np.concatenate([dataset.labels[fold.test_indices] for fold in folds])
 
     with RunDirectory.open(config, resume=resume, overwrite=overwrite) as run_dir:
-        largest = max(config.optimizers, key=config.optimizers.get)
+        largest = max(members, key=members.get)
         print(describe_placement(placements[largest], config.strategy, config.step_loop))
         total_epochs = len(config.optimizers) * len(folds) * config.epochs
         bar = tqdm(total=total_epochs, unit="epoch", disable=not progress or jax.process_index())
         groups: dict[str, GroupResult] = {}
-        fused_scores = []
-        for name, members in config.optimizers.items():
+        for name, per_point in config.optimizers.items():
             started = time.perf_counter()
             spec = ProgramSpec.for_group(config, name, num_classes, placements[name],
                                          normalization)  # fmt: skip
-            group = GroupRun(config, name, members, placements[name], build_programs(spec),
-                             train_rows)  # fmt: skip
+            group = GroupRun(
+                config,
+                name,
+                members[name],
+                placements[name],
+                build_programs(spec),
+                train_rows,
+                member_indices=tuple(range(per_point)) * len(points),
+                swept_values=np.array(
+                    [[point[k] for k in spec.swept] for point in points for _ in range(per_point)],
+                    np.float32,
+                ).reshape(members[name], len(spec.swept)),
+            )
             outcomes = []
             for fold in folds:
                 bar.set_description(f"{name} fold {fold.index}")
-                outcome = _read_finished(run_dir, fold, name, members) if resume else None
-                if outcome is not None:
-                    bar.update(config.epochs)
-                else:
-                    outcome = train_fold(group, dataset, fold, run_dir, progress=bar,
-                                         on_step=on_step)  # fmt: skip
-                    if jax.process_index() == 0:
-                        write_score_file(
-                            run_dir.scores_path(fold.index, name),
-                            scores=outcome.scores,
-                            labels=dataset.labels[fold.test_indices],
-                            test_indices=fold.test_indices,
-                            class_names=dataset.class_names,
-                            member_seeds=member_seeds(config.seed, name, members),
-                            diverged=outcome.diverged,
-                            optimizer=name,
-                            fold=fold.index,
-                            dataset=dataset.name,
-                        )
-                if jax.process_index() == 0 and not config.keep_checkpoints:
-                    run_dir.remove_checkpoints(fold.index, name)
-                outcomes.append(outcome)
-            scores = np.concatenate([o.scores for o in outcomes], axis=1)
-            labels = np.concatenate([dataset.labels[fold.test_indices] for fold in folds])
-            diverged = np.any([o.diverged for o in outcomes], axis=0)
-            groups[name] = GroupResult(
-                member_accuracy=(scores.argmax(-1) == labels).mean(-1),
-                fused_accuracy=sum_rule_accuracy(scores[~diverged], labels),
-                diverged=np.flatnonzero(diverged).tolist(),
-                seconds=time.perf_counter() - started,
-            )
-            fused_scores.append(scores[~diverged])
+                outcomes.append(_score_fold(group, dataset, fold, run_dir, resume, bar, on_step))
+            seconds = time.perf_counter() - started
+            for index, point in enumerate(points):
+                rows = slice(index * per_point, (index + 1) * per_point)
+                point_outcomes = [FoldOutcome(o.scores[rows], o.diverged[rows]) for o in outcomes]
+                groups[grid_point_group(name, point.items()) if point else name] = _group_result(
+                    point_outcomes, folds, labels, seconds / len(points)
+                )
         bar.close()
-    fused = sum_rule_accuracy(np.concatenate(fused_scores), labels)
+    fused = sum_rule_accuracy(
+        np.concatenate([g.scores for g in groups.values()]),
+        labels,
+        np.concatenate([g.valid for g in groups.values()]),
+    )
     placement = placements[largest]
     return TrainResult(run_dir.path, placement.strategy, placement.step_loop, groups, fused)
+
+
+def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutcome:
+    """A fold/group's scores: read back when it finished before, else trained and written."""
+    config = group.config
+    outcome = _read_finished(run_dir, fold, group.name, group.members) if resume else None
+    if outcome is not None:
+        bar.update(config.epochs)
+    else:
+        outcome = train_fold(group, dataset, fold, run_dir, progress=bar, on_step=on_step)
+        if jax.process_index() == 0:
+            swept = group.programs.spec.swept
+            extra = (
+                {"hyperparameters": {k: group.swept_values[:, j] for j, k in enumerate(swept)}}
+                if swept
+                else {}
+            )
+            write_score_file(
+                run_dir.scores_path(fold.index, group.name),
+                scores=outcome.scores,
+                labels=dataset.labels[fold.test_indices],
+                test_indices=fold.test_indices,
+                class_names=dataset.class_names,
+                member_seeds=[
+                    member_seed(config.seed, group.name, m) for m in group.member_indices
+                ],
+                diverged=outcome.diverged,
+                optimizer=group.name,
+                fold=fold.index,
+                dataset=dataset.name,
+                **extra,
+            )
+    if jax.process_index() == 0 and not config.keep_checkpoints:
+        run_dir.remove_checkpoints(fold.index, group.name)
+    return outcome
+
+
+def _group_result(outcomes, folds, labels, seconds) -> GroupResult:
+    """Pooled accuracies of members over the folds; a member diverged in a fold is left out
+    of that fold's fusion, as ``ensemble.py`` leaves it out."""
+    scores = np.concatenate([o.scores for o in outcomes], axis=1)
+    fold_sizes = [len(fold.test_indices) for fold in folds]
+    valid = np.concatenate(
+        [
+            np.repeat(~o.diverged[:, None], size, 1)
+            for o, size in zip(outcomes, fold_sizes, strict=True)
+        ],
+        axis=1,
+    )
+    diverged = np.any([o.diverged for o in outcomes], axis=0)
+    return GroupResult(
+        member_accuracy=(scores.argmax(-1) == labels).mean(-1),
+        fused_accuracy=sum_rule_accuracy(scores, labels, valid),
+        diverged=np.flatnonzero(diverged).tolist(),
+        seconds=seconds,
+        scores=scores,
+        valid=valid,
+    )
 
 
 def format_summary(result: TrainResult) -> str:

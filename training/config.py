@@ -8,6 +8,7 @@ program, checkpoint cadence, batching of the evaluation) may change when a run i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from data.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, AugmentConfig
+from ensembling.specs import format_hyperparameter
 from models import MODEL_NAMES
-from training.optimizers import OPTIMIZER_NAMES
+from training.optimizers import OPTIMIZER_NAMES, OPTIMIZERS
+from training.placement import MESH_AXES, format_mesh, parse_mesh
 
 MEMBER_STRATEGIES = ("auto", "vmap", "loop", "sharded")
 STEP_LOOPS = ("auto", "python", "scan")
@@ -70,6 +73,23 @@ def parse_folds(text: str) -> tuple[int, ...]:
     return folds
 
 
+SWEEPABLE = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
+
+
+def parse_sweep(text: str) -> dict[str, tuple[float, ...]]:
+    """Parses ``"learning_rate=3e-3,1e-3"`` into ``{"learning_rate": (0.003, 0.001)}``."""
+    name, equals, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not equals or name not in SWEEPABLE:
+        raise ValueError(
+            f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}"
+        )
+    try:
+        return {name: tuple(float(value) for value in values.split(","))}
+    except ValueError:
+        raise ValueError(f"--sweep {text!r}: the values are not comma-separated numbers") from None
+
+
 def _field(
     default: Any = dataclasses.MISSING,
     help: str = "",
@@ -78,8 +98,11 @@ def _field(
     choices: tuple[str, ...] | None = None,
     parse: Callable[[str], Any] | None = None,
     affects_results: bool = True,
+    append: bool = False,
 ) -> Any:
-    metadata = dict(help=help, choices=choices, parse=parse, affects_results=affects_results)
+    metadata = dict(
+        help=help, choices=choices, parse=parse, affects_results=affects_results, append=append
+    )
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -118,6 +141,14 @@ class TrainConfig:
     eps: float = _field(1e-8, "epsilon of the Adam-like optimizers")
     momentum: float = _field(0.9, "SGD's momentum (the paper's SGD uses 0.9)")
     weight_decay: float = _field(0.0, "coupled L2 weight decay added to the gradient (0: none)")
+    sweep: Mapping[str, tuple[float, ...]] | None = _field(
+        None,
+        "train every group at every point of a hyperparameter grid, in one program: "
+        "NAME=V1,V2,... (repeat the flag for a grid over several names; NAME from "
+        f"{', '.join(SWEEPABLE)}); each group's members are trained at each point",
+        parse=parse_sweep,
+        append=True,
+    )
     seed: int = _field(0, "run seed; every member's keys derive from it, the group and the member")
     folds: tuple[int, ...] | None = _field(
         None, "comma-separated 0-based folds to train (default: all)", parse=parse_folds
@@ -143,6 +174,13 @@ class TrainConfig:
         "auto",
         "python (a jitted step per batch), scan (an epoch in one lax.scan) or auto",
         choices=STEP_LOOPS,
+        affects_results=False,
+    )
+    mesh: Mapping[str, int] | None = _field(
+        None,
+        "the sharded strategy's device mesh, e.g. member=2,data=4: members split over the "
+        "member axis, each member's batch over the data axis (default: auto picks it)",
+        parse=parse_mesh,
         affects_results=False,
     )
     scan_unroll: int = _field(8, "steps unrolled per scan iteration", affects_results=False)
@@ -192,6 +230,7 @@ def validate_config(config: TrainConfig) -> None:
             raise ValueError(f"optimizer group {name!r}: member count {members!r} is not an int")
         if members < 1:
             raise ValueError(f"optimizer group {name!r} needs at least 1 member, got {members!r}")
+    _validate_sweep(config)
     if config.model not in MODEL_NAMES:
         raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODEL_NAMES)}")
     for field in ("learning_rate", "b1", "b2", "eps", "momentum", "weight_decay"):
@@ -224,16 +263,69 @@ def validate_config(config: TrainConfig) -> None:
     ):
         if getattr(config, field) not in allowed:
             raise ValueError(f"{field} {getattr(config, field)!r} is not one of {allowed}")
+    if config.mesh is not None:
+        if set(config.mesh) != set(MESH_AXES) or not all(
+            isinstance(size, (int, np.integer)) and size >= 1 for size in config.mesh.values()
+        ):
+            raise ValueError(f"mesh {dict(config.mesh)!r} is not {{'member': M, 'data': D}}")
+        if config.strategy in ("vmap", "loop"):
+            raise ValueError(
+                f"mesh {format_mesh(config.mesh)} needs strategy 'sharded' or 'auto', not "
+                f"{config.strategy!r}"
+            )
     if config.weights is not None and not os.path.isfile(config.weights):
         raise ValueError(f"weights file {config.weights!r} does not exist")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise ValueError(f"data directory {config.data_dir!r} does not exist")
 
 
+def _validate_sweep(config: TrainConfig) -> None:
+    if not config.sweep:
+        return
+    for name, values in config.sweep.items():
+        if name not in SWEEPABLE:
+            raise ValueError(f"sweep over {name!r}: sweepable are {', '.join(SWEEPABLE)}")
+        if len(values) == 0 or len({format_hyperparameter(v) for v in values}) != len(values):
+            raise ValueError(
+                f"sweep {name}={list(values)} needs distinct values (to 6 significant digits, "
+                "as score files and ensemble specifications name them)"
+            )
+        lacking = [
+            group for group in config.optimizers if name not in OPTIMIZERS[group].hyperparameters
+        ]
+        if lacking:
+            raise ValueError(
+                f"sweep over {name!r}: optimizer {lacking[0]!r} has no hyperparameter {name!r} "
+                f"(it takes {', '.join(OPTIMIZERS[lacking[0]].hyperparameters)})"
+            )
+    for point in grid_points(config):  # every value must be valid where it is used
+        try:
+            validate_config(dataclasses.replace(config, sweep=None, **point))
+        except ValueError as error:
+            raise ValueError(f"sweep point {point}: {error}") from None
+
+
+def grid_points(config: TrainConfig) -> list[dict[str, float]]:
+    """The hyperparameter grid: the product of the sweep's value lists (``[{}]`` without)."""
+    if not config.sweep:
+        return [{}]
+    names = list(config.sweep)
+    return [
+        dict(zip(names, values, strict=True))
+        for values in itertools.product(*(config.sweep[name] for name in names))
+    ]
+
+
 def config_to_json(config: TrainConfig) -> dict[str, Any]:
     """The config as plain JSON values (the form of ``config.json``)."""
     values = dataclasses.asdict(config)
     values["optimizers"] = dict(config.optimizers)
+    values["mesh"] = dict(config.mesh) if config.mesh is not None else None
+    values["sweep"] = (
+        {name: [float(v) for v in vals] for name, vals in config.sweep.items()}
+        if config.sweep
+        else None
+    )
     values["folds"] = list(config.folds) if config.folds is not None else None
     return values
 

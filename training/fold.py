@@ -43,10 +43,13 @@ class GroupRun:
     Attributes:
       config: the run's config.
       name: the group name (``"dgrad"``).
-      members: how many members it trains.
+      members: how many members it trains (every grid point's, for a sweep).
       placement: the members' strategy, step loop and mesh.
       programs: its compiled programs.
       train_rows: rows of the padded training array (the largest fold's training split).
+      member_indices: each member's index in a plain run (its keys); a sweep repeats
+        ``0 .. n-1`` at each grid point.
+      swept_values: float32 [members, swept hyperparameters], each member's grid point.
     """
 
     config: TrainConfig
@@ -55,6 +58,18 @@ class GroupRun:
     placement: Placement
     programs: GroupPrograms
     train_rows: int
+    member_indices: tuple[int, ...]
+    swept_values: np.ndarray
+
+    def slot_indices(self) -> list[int]:
+        """The member index of each slot; padding slots continue after the members."""
+        extra = range(self.members, self.placement.slots)
+        return [*self.member_indices, *extra]
+
+    def slot_swept_values(self) -> np.ndarray:
+        """``swept_values`` for every slot; padding slots repeat the first member's."""
+        padding = self.placement.slots - self.members
+        return np.concatenate([self.swept_values, np.repeat(self.swept_values[:1], padding, 0)])
 
 
 class FoldOutcome(NamedTuple):
@@ -83,7 +98,7 @@ def _fold_data(dataset: ImageDataset, fold: Fold, rows: int, placement: Placemen
 
 
 def _initial_state(group: GroupRun, init_keys: jax.Array) -> Any:
-    state = group.programs.init(init_keys)
+    state = group.programs.init(init_keys, jnp.asarray(group.slot_swept_values()))
     if group.config.weights is None:
         return state
     return load_pretrained_members(
@@ -110,7 +125,9 @@ def train_fold(
     """
     config, placement, programs = group.config, group.placement, group.programs
     slots, members = placement.slots, group.members
-    init_keys, data_keys = member_keys(config.seed, group.name, fold.index, slots)
+    init_keys, data_keys = member_keys(
+        config.seed, group.name, fold.index, slots, group.slot_indices()
+    )
     state = _initial_state(group, init_keys)
     data = _fold_data(dataset, fold, group.train_rows, placement)
     steps = len(fold.train_indices) // config.batch_size

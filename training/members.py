@@ -37,9 +37,16 @@ def member_seeds(run_seed: int, group: str, members: int) -> list[int]:
     return [member_seed(run_seed, group, m) for m in range(members)]
 
 
-def member_keys(run_seed: int, group: str, fold: int, slots: int) -> tuple[jax.Array, jax.Array]:
-    """Each member slot's ``(init_key, data_key)``; the data keys also depend on the fold."""
-    keys = jnp.stack([jax.random.key(seed) for seed in member_seeds(run_seed, group, slots)])
+def member_keys(
+    run_seed: int, group: str, fold: int, slots: int, member_indices: Sequence[int] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Each member slot's ``(init_key, data_key)``; the data keys also depend on the fold.
+
+    ``member_indices`` gives each slot's member index (default ``0 .. slots-1``): a sweep's
+    member ``i`` at every grid point has the keys of member ``i`` of a plain run.
+    """
+    indices = range(slots) if member_indices is None else member_indices
+    keys = jnp.stack([jax.random.key(member_seed(run_seed, group, m)) for m in indices])
     init_keys, data_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     return init_keys, jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_keys, fold)
 
@@ -97,6 +104,7 @@ def map_members(fn: Callable, strategy: str, in_axes: Sequence[int | None]) -> C
             ]
         )
 
+    looped.__name__ = f"{getattr(fn, '__name__', 'fn')}_over_members"  # names it in profiles
     return looped
 
 
@@ -124,4 +132,6 @@ def load_pretrained_members(
     stacked = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), loaded)
     params = {**stacked["params"], "head": jax.tree.map(np.asarray, state.params["head"])}
     opt_state = jax.vmap(init_optimizer)(params)
+    if hasattr(opt_state, "hyperparams"):  # each member keeps its swept hyperparameters
+        opt_state = opt_state._replace(hyperparams=state.opt_state.hyperparams)
     return jax.device_put(MemberState(params, stacked["batch_stats"], opt_state), sharding)

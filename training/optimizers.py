@@ -7,7 +7,7 @@ optimizer, as in MATLAB's ``L2Regularization`` that the paper used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import optax
@@ -27,24 +27,31 @@ class OptimizerEntry(NamedTuple):
     hyperparameters: tuple[str, ...]
 
 
-def _with_coupled_l2(make: Callable[..., optax.GradientTransformation]) -> Callable[..., Any]:
-    def make_with_weight_decay(*, weight_decay: float, **hyperparameters):
-        transformation = make(**hyperparameters)
-        if not weight_decay:
-            return transformation
-        return optax.chain(optax.add_decayed_weights(weight_decay), transformation)
+def _coupled_l2(weight_decay: Any, transformation: optax.GradientTransformation):
+    # A plain zero adds nothing; a swept (array) weight decay is always chained.
+    if isinstance(weight_decay, int | float) and weight_decay == 0:
+        return transformation
+    return optax.chain(optax.add_decayed_weights(weight_decay), transformation)
 
-    return make_with_weight_decay
+
+def _sgd(learning_rate, momentum, weight_decay):
+    return _coupled_l2(weight_decay, optax.sgd(learning_rate, momentum=momentum))
+
+
+def _adam(learning_rate, b1, b2, eps, weight_decay):
+    return _coupled_l2(weight_decay, optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
+
+
+def _amsgrad(learning_rate, b1, b2, eps, weight_decay):
+    return _coupled_l2(weight_decay, optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
 _ADAM_LIKE = ("learning_rate", "b1", "b2", "eps", "weight_decay")
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
-    "sgd": OptimizerEntry(
-        _with_coupled_l2(optax.sgd), ("learning_rate", "momentum", "weight_decay")
-    ),
-    "adam": OptimizerEntry(_with_coupled_l2(optax.adam), _ADAM_LIKE),
-    "amsgrad": OptimizerEntry(_with_coupled_l2(optax.amsgrad), _ADAM_LIKE),
+    "sgd": OptimizerEntry(_sgd, ("learning_rate", "momentum", "weight_decay")),
+    "adam": OptimizerEntry(_adam, _ADAM_LIKE),
+    "amsgrad": OptimizerEntry(_amsgrad, _ADAM_LIKE),
     # optax_dgrad's aliases apply the coupled L2 themselves.
     "diffgrad": OptimizerEntry(optax_dgrad.diffgrad, _ADAM_LIKE),
     "dgrad": OptimizerEntry(optax_dgrad.dgrad, _ADAM_LIKE),
@@ -59,6 +66,22 @@ def optimizer_hyperparameters(name: str, config: Any) -> dict[str, float]:
     return {field: getattr(config, field) for field in OPTIMIZERS[name].hyperparameters}
 
 
-def make_optimizer(name: str, config: Any) -> optax.GradientTransformation:
-    """Group ``name``'s transformation with the hyperparameters of ``config``."""
-    return OPTIMIZERS[name].make(**optimizer_hyperparameters(name, config))
+def make_optimizer(
+    name: str, hyperparameters: Mapping[str, float] | Any, swept: Sequence[str] = ()
+) -> optax.GradientTransformation:
+    """Group ``name``'s transformation.
+
+    Args:
+      name: a key of ``OPTIMIZERS``.
+      hyperparameters: the values of its hyperparameters, or a ``TrainConfig`` holding them.
+      swept: hyperparameters that live in the optimizer state instead of the program
+        (``optax.inject_hyperparams``), so members with different values share one compiled
+        program; set each member's values in its ``opt_state.hyperparams``.
+    """
+    if not isinstance(hyperparameters, Mapping):
+        hyperparameters = optimizer_hyperparameters(name, hyperparameters)
+    make = OPTIMIZERS[name].make
+    if not swept:
+        return make(**hyperparameters)
+    fixed = tuple(key for key in hyperparameters if key not in swept)
+    return optax.inject_hyperparams(make, static_args=fixed)(**hyperparameters)

@@ -22,7 +22,31 @@ from jax.sharding import PartitionSpec as P
 
 AUTO_MEMBER_STRATEGY = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}  # gpu, tpu: unmeasured
 AUTO_STEP_LOOP = {"cpu": "python", "gpu": "python", "tpu": "python"}  # gpu, tpu: unmeasured
-MEMBER_AXIS = "members"
+MEMBER_AXIS = "member"  # members are split over it; nothing crosses it
+DATA_AXIS = "data"  # one member's batch is split over it; gradients and BatchNorm reduce over it
+MESH_AXES = (MEMBER_AXIS, DATA_AXIS)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """Parses ``"member=2,data=4"`` into ``{"member": 2, "data": 4}`` (a missing axis is 1)."""
+    shape = {MEMBER_AXIS: 1, DATA_AXIS: 1}
+    for item in text.split(","):
+        name, equals, size = item.strip().partition("=")
+        name = name.strip()
+        if name not in MESH_AXES or not equals:
+            raise ValueError(f"--mesh {text!r}: expected 'member=M,data=D', got {item.strip()!r}")
+        try:
+            shape[name] = int(size)
+        except ValueError:
+            raise ValueError(f"--mesh {text!r}: {name} size {size!r} is not an integer") from None
+        if shape[name] < 1:
+            raise ValueError(f"--mesh {text!r}: {name} size must be >= 1")
+    return shape
+
+
+def format_mesh(shape: dict[str, int]) -> str:
+    """``{"member": 2, "data": 4}`` -> ``"member=2 data=4"``."""
+    return " ".join(f"{axis}={shape[axis]}" for axis in MESH_AXES)
 
 
 class Placement(NamedTuple):
@@ -33,9 +57,10 @@ class Placement(NamedTuple):
       inner_strategy: how the members one device holds share its program ("vmap" or
         "loop"; the strategy itself unless it is "sharded").
       step_loop: "python" or "scan" (``auto`` resolved).
-      mesh: the 1-D member mesh of the "sharded" strategy, else None.
+      mesh: the ``(member, data)`` mesh of the "sharded" strategy, else None.
       slots: member slots the programs run; more than the members when the members do not
-        divide the mesh (the extra slots train padding members whose scores are dropped).
+        divide the member axis (the extra slots train padding members whose scores are
+        dropped).
     """
 
     strategy: str
@@ -45,15 +70,70 @@ class Placement(NamedTuple):
     slots: int
 
     @property
-    def member_sharding(self) -> NamedSharding | None:
-        """The sharding of a stacked member state (None on one device)."""
-        return NamedSharding(self.mesh, P(MEMBER_AXIS)) if self.mesh is not None else None
+    def mesh_shape(self) -> dict[str, int]:
+        """``{"member": M, "data": D}``; 1 x 1 without a mesh."""
+        if self.mesh is None:
+            return {MEMBER_AXIS: 1, DATA_AXIS: 1}
+        return {axis: self.mesh.shape[axis] for axis in MESH_AXES}
+
+
+def auto_mesh_shape(members: int, devices: int, batch_size: int) -> dict[str, int]:
+    """The mesh ``auto`` picks: the most devices busy, members first, no padded slots.
+
+    A shape is ``member`` x ``data`` devices with ``data`` dividing the batch. In one
+    process the member axis divides the members (so no device trains padding) and the
+    shape may leave devices out; across processes every device takes part (each process
+    holds its share of the members), padding members where nothing else fits.
+    """
+    every_device = jax.process_count() > 1
+    shapes = [
+        (member, data)
+        for member in range(1, devices + 1)
+        for data in range(1, devices // member + 1)
+        if batch_size % data == 0
+        and (member * data == devices if every_device else members % member == 0)
+        and member <= members
+    ]
+    if not shapes:
+        raise ValueError(
+            f"no (member, data) mesh of {devices} devices fits {members} members and "
+            f"batch_size {batch_size} (data must divide the batch)"
+        )
+    member, data = max(shapes, key=lambda s: (s[0] * s[1], members % s[0] == 0, s[0]))
+    return {MEMBER_AXIS: member, DATA_AXIS: data}
+
+
+def check_mesh_shape(shape: dict[str, int], members: int, devices: int, batch_size: int) -> None:
+    """ValueError naming the numbers when ``shape`` does not fit the devices, group or batch."""
+    member, data = shape[MEMBER_AXIS], shape[DATA_AXIS]
+    if member * data > devices:
+        raise ValueError(
+            f"mesh {format_mesh(shape)} needs {member * data} devices; {devices} are available"
+        )
+    if jax.process_count() > 1 and member * data != devices:
+        raise ValueError(
+            f"mesh {format_mesh(shape)} uses {member * data} of {devices} devices; across "
+            "processes the mesh must hold every device"
+        )
+    if member > members:
+        raise ValueError(
+            f"mesh member={member} is more than the group's {members} members (devices "
+            "would train only padding); use a larger data axis"
+        )
+    if batch_size % data:
+        raise ValueError(
+            f"mesh data={data} does not divide batch_size {batch_size}: each member's batch "
+            "is split evenly over the data axis"
+        )
 
 
 def resolve_placement(
     strategy: str,
     step_loop: str,
     members: int,
+    *,
+    batch_size: int,
+    mesh_shape: dict[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> Placement:
     """Resolves ``auto`` for the current backend and lays ``members`` out on ``devices``.
@@ -62,34 +142,38 @@ def resolve_placement(
       strategy: "auto", "vmap", "loop" or "sharded".
       step_loop: "auto", "python" or "scan".
       members: the group's member count.
+      batch_size: images per step per member (the data axis must divide it).
+      mesh_shape: ``{"member": M, "data": D}`` for "sharded" (or "auto"); None lets
+        :func:`auto_mesh_shape` choose.
       devices: the devices of the "sharded" strategy (default: every device of every
-        process). In one process a group smaller than the device count uses one device per
-        member, so no device trains padding; across processes every device takes part, so
-        that each process holds its share of the members.
+        process).
+
+    Raises:
+      ValueError: a mesh with "vmap" or "loop", or a mesh shape that does not fit.
     """
     backend = jax.default_backend()
     devices = list(jax.devices() if devices is None else devices)
+    if mesh_shape is not None and strategy in ("vmap", "loop"):
+        raise ValueError(f"a mesh needs strategy 'sharded' (or 'auto'), not {strategy!r}")
     if strategy == "auto":
-        strategy = (
-            "sharded"
-            if len(devices) > 1 and members > 1
-            else AUTO_MEMBER_STRATEGY.get(backend, "loop")
-        )
+        strategy = "sharded" if len(devices) > 1 else AUTO_MEMBER_STRATEGY.get(backend, "loop")
     if step_loop == "auto":
         step_loop = AUTO_STEP_LOOP.get(backend, "python")
     if strategy != "sharded":
         return Placement(strategy, strategy, step_loop, None, members)
-    if jax.process_count() == 1:
-        devices = devices[:members]
-    mesh = Mesh(np.array(devices), (MEMBER_AXIS,))
-    slots = -(-members // mesh.size) * mesh.size  # every device trains as many members
+    if mesh_shape is None:
+        mesh_shape = auto_mesh_shape(members, len(devices), batch_size)
+    check_mesh_shape(mesh_shape, members, len(devices), batch_size)
+    member, data = mesh_shape[MEMBER_AXIS], mesh_shape[DATA_AXIS]
+    mesh = Mesh(np.array(devices[: member * data]).reshape(member, data), MESH_AXES)
+    slots = -(-members // member) * member  # every device trains as many members
     inner = AUTO_MEMBER_STRATEGY.get(backend, "loop")
     return Placement(strategy, inner, step_loop, mesh, slots)
 
 
 def describe_placement(placement: Placement, requested: str, requested_loop: str) -> str:
-    """The strategy line a run prints, e.g. ``member strategy: loop, step loop: python ...``."""
-    where = f" over {placement.mesh.size} devices" if placement.mesh is not None else ""
+    """The strategy line a run prints, e.g. ``member strategy: sharded, mesh member=2 ...``."""
+    where = f", mesh {format_mesh(placement.mesh_shape)}" if placement.mesh is not None else ""
     return (
         f"member strategy: {placement.strategy}{where}, step loop: {placement.step_loop} "
         f"(backend {jax.default_backend()}; requested {requested}/{requested_loop})"

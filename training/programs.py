@@ -26,8 +26,8 @@ from models import get_model
 from models.pretrained import Normalization
 from training.config import AUGMENTATIONS, TrainConfig
 from training.members import MemberState, map_members
-from training.optimizers import OPTIMIZERS, optimizer_hyperparameters
-from training.placement import MEMBER_AXIS, Placement, replicate, to_host
+from training.optimizers import make_optimizer, optimizer_hyperparameters
+from training.placement import DATA_AXIS, MEMBER_AXIS, Placement, replicate, to_host
 
 # Per positional argument of a step (state, metrics, order, step, key, data) and of a
 # prediction (state, images): 0 where it carries the member axis, None where it is shared.
@@ -53,8 +53,11 @@ class ProgramSpec:
       image_size, batch_size, augment, normalization: what a step feeds it.
       optimizer: the group name in ``training.optimizers.OPTIMIZERS``.
       hyperparameters: ``(name, value)`` pairs the optimizer is built with.
+      swept: the hyperparameters that live in each member's optimizer state instead (a
+        sweep's names); their values above are placeholders, :meth:`GroupPrograms.init`
+        takes each member's.
       inner_strategy: "vmap" or "loop" over the members one device holds.
-      mesh: the member mesh, or None on one device.
+      mesh: the ``(member, data)`` mesh, or None on one device.
       scan_unroll: steps unrolled per iteration of the epoch program.
     """
 
@@ -68,9 +71,15 @@ class ProgramSpec:
     normalization: Normalization
     optimizer: str
     hyperparameters: tuple[tuple[str, float], ...]
+    swept: tuple[str, ...]
     inner_strategy: str
     mesh: Mesh | None
     scan_unroll: int
+
+    @property
+    def data_parallel(self) -> int:
+        """Devices one member's batch is split over (the mesh's data axis)."""
+        return self.mesh.shape[DATA_AXIS] if self.mesh is not None else 1
 
     @classmethod
     def for_group(
@@ -93,6 +102,7 @@ class ProgramSpec:
             normalization=normalization,
             optimizer=group,
             hyperparameters=tuple(optimizer_hyperparameters(group, config).items()),
+            swept=tuple(config.sweep or ()),
             inner_strategy=placement.inner_strategy,
             mesh=placement.mesh,
             scan_unroll=config.scan_unroll,
@@ -103,7 +113,6 @@ class GroupPrograms:
     """The compiled programs of one optimizer group, built from a :class:`ProgramSpec`.
 
     Attributes:
-      init: stacked init keys -> stacked ``MemberState``.
       train_step: one step of every member, state and metrics donated.
       predict: stacked state, uint8 images -> softmax scores [members, n, classes].
       model, tx: the Flax module and the optax transformation of one member.
@@ -116,20 +125,39 @@ class GroupPrograms:
             spec.num_classes,
             stride_placement=spec.stride_placement,
             dtype=jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32,
+            batch_norm_axis=DATA_AXIS if spec.data_parallel > 1 else None,
         )
-        self.tx = OPTIMIZERS[spec.optimizer].make(**dict(spec.hyperparameters))
+        self.tx = make_optimizer(spec.optimizer, dict(spec.hyperparameters), spec.swept)
         self._augmentation = AUGMENTATIONS[spec.augment]
         self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
         self._predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
         self.member_sharding = (
-            jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh else None
+            jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh is not None else None
         )
-        self.init = jax.jit(jax.vmap(self._member_init), out_shardings=self.member_sharding)
-        self.train_step = jax.jit(self._over_mesh(self._step, STEP_AXES, 2), donate_argnums=(0, 1))
-        self.predict = jax.jit(self._over_mesh(self._predict, PREDICT_AXES, 1))
+        self._init = jax.jit(jax.vmap(self._member_init), out_shardings=self.member_sharding)
+        self.train_step = jax.jit(
+            self._over_mesh(self._step, STEP_AXES, (P(MEMBER_AXIS), P(MEMBER_AXIS))),
+            donate_argnums=(0, 1),
+        )
+        # Scores [members, images, classes]: members over the member axis and, when a
+        # member's work is split, images over the data axis.
+        self.predict = jax.jit(
+            self._over_mesh(self._predict, PREDICT_AXES, P(MEMBER_AXIS, DATA_AXIS))
+        )
         self._epochs: dict[int, Callable] = {}
 
-    def _over_mesh(self, fn: Callable, in_axes: Sequence[int | None], outputs: int) -> Callable:
+    def init(self, keys: jax.Array, swept_values: jax.Array | None = None) -> MemberState:
+        """Stacked member states from init keys [slots] and swept values [slots, swept]."""
+        if swept_values is None:
+            swept_values = jnp.zeros((keys.shape[0], len(self.spec.swept)), jnp.float32)
+        return self._init(keys, swept_values)
+
+    def _over_mesh(self, fn: Callable, in_axes: Sequence[int | None], out_specs: Any) -> Callable:
+        """``fn`` under ``shard_map``: member-axis arguments split, the others replicated.
+
+        Every device of a data row holds the same members; the collectives over the data
+        axis (gradients, BatchNorm statistics, metrics) keep their copies identical.
+        """
         if self.spec.mesh is None:
             return fn
         spec = lambda axis: P(MEMBER_AXIS) if axis == 0 else P()  # noqa: E731
@@ -137,7 +165,7 @@ class GroupPrograms:
             fn,
             mesh=self.spec.mesh,
             in_specs=tuple(spec(a) for a in in_axes),
-            out_specs=P(MEMBER_AXIS) if outputs == 1 else (P(MEMBER_AXIS),) * outputs,
+            out_specs=out_specs,
             check_vma=False,
         )
 
@@ -155,16 +183,21 @@ class GroupPrograms:
                 return state, metrics
 
             self._epochs[num_steps] = jax.jit(
-                self._over_mesh(epoch, EPOCH_AXES, 2), donate_argnums=(0, 1)
+                self._over_mesh(epoch, EPOCH_AXES, (P(MEMBER_AXIS), P(MEMBER_AXIS))),
+                donate_argnums=(0, 1),
             )
         return self._epochs[num_steps]
 
-    def _member_init(self, key: jax.Array) -> MemberState:
+    def _member_init(self, key: jax.Array, swept_values: jax.Array) -> MemberState:
         size = self.spec.image_size
         variables = self.model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-        return MemberState(
-            variables["params"], variables["batch_stats"], self.tx.init(variables["params"])
-        )
+        opt_state = self.tx.init(variables["params"])
+        if self.spec.swept:  # this member's grid point, held in its optimizer state
+            hyperparams = dict(opt_state.hyperparams)
+            for name, value in zip(self.spec.swept, swept_values, strict=True):
+                hyperparams[name] = value.astype(hyperparams[name].dtype)
+            opt_state = opt_state._replace(hyperparams=hyperparams)
+        return MemberState(variables["params"], variables["batch_stats"], opt_state)
 
     def _member_step(
         self,
@@ -186,6 +219,10 @@ class GroupPrograms:
             self._augmentation,
         )
         images = self.spec.normalization.apply(images).astype(self.model.dtype)
+        if self.spec.data_parallel > 1:
+            # The whole batch is augmented on every device of the data axis, so each image
+            # gets the draw it gets on one device; each device then trains on its slice.
+            images, labels = self._local_slice(images), self._local_slice(labels)
 
         def loss_fn(params):
             logits, updated = self.model.apply(
@@ -202,15 +239,27 @@ class GroupPrograms:
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        if self.spec.data_parallel > 1:
+            # Equal slices: the batch's mean loss is the mean of the slices' means.
+            grads, loss = jax.lax.pmean((grads, loss), DATA_AXIS)
+            correct = jax.lax.psum(correct, DATA_AXIS)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
         # seen at the end of the epoch without a device-to-host sync every step.
         metrics = metrics + jnp.stack([loss, correct, 1.0])
         return MemberState(params, batch_stats, opt_state), metrics
 
+    def _local_slice(self, batch: jax.Array) -> jax.Array:
+        """This device's equal share of ``batch`` along the data axis."""
+        size = batch.shape[0] // self.spec.data_parallel
+        start = jax.lax.axis_index(DATA_AXIS) * size
+        return jax.lax.dynamic_slice_in_dim(batch, start, size)
+
     def _member_predict(self, state: MemberState, images: jax.Array) -> jax.Array:
+        if self.spec.data_parallel > 1:
+            images = self._local_slice(images)
         images = self.spec.normalization.apply(resize_images(images, self.spec.image_size))
         logits = self.model.apply(
             {"params": state.params, "batch_stats": state.batch_stats},
@@ -230,6 +279,8 @@ def predict_members(
     programs: GroupPrograms, state: MemberState, images: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """Every member's softmax scores [members, n, classes] on uint8 images [n, H, W, 3]."""
+    split = programs.spec.data_parallel
+    batch_size = -(-batch_size // split) * split  # the data axis takes equal shares
     count = len(images)
     padded = np.zeros((-(-count // batch_size) * batch_size,) + images.shape[1:], np.uint8)
     padded[:count] = images
