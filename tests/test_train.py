@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -263,6 +264,14 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for field in dataclasses.fields(train.TrainConfig):
         assert "--" + field.name.replace("_", "-") in text
+
+
+def test_the_training_page_explains_every_flag():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    flags = page[page.index("## Flags") : page.index("## Python API")]
+    for action in train.build_parser()._actions:
+        for flag in action.option_strings:
+            assert f"`{flag}" in flags, f"docs/training.md does not explain {flag}"
 
 
 def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
