@@ -24,7 +24,7 @@ import pytest
 
 import train
 
-TRAIN_SCRIPT = os.path.abspath(train.__file__)
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 RUN_TIMEOUT_S = 240  # each process; a hung collective must fail the test, not stall it
