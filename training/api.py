@@ -47,8 +47,8 @@ class GroupResult:
     fused_accuracy: float
     diverged: list[int]
     seconds: float
-    scores: np.ndarray = dataclasses.field(repr=False, default=None)
-    valid: np.ndarray = dataclasses.field(repr=False, default=None)
+    scores: np.ndarray | None = dataclasses.field(repr=False, default=None)
+    valid: np.ndarray | None = dataclasses.field(repr=False, default=None)
 
 
 @dataclasses.dataclass
