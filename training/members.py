@@ -32,11 +32,6 @@ def member_seed(run_seed: int, group: str, member: int) -> int:
     return zlib.crc32(f"{run_seed}/{group}/{member}".encode()) & 0x7FFFFFFF
 
 
-def member_seeds(run_seed: int, group: str, members: int) -> list[int]:
-    """The seeds of a group's members ``0 .. members-1``."""
-    return [member_seed(run_seed, group, m) for m in range(members)]
-
-
 def member_keys(
     run_seed: int, group: str, fold: int, slots: int, member_indices: Sequence[int] | None = None
 ) -> tuple[jax.Array, jax.Array]:

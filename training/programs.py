@@ -34,6 +34,8 @@ from training.placement import DATA_AXIS, MEMBER_AXIS, Placement, replicate, to_
 STEP_AXES = (0, 0, 0, None, 0, None)
 PREDICT_AXES = (0, None)
 EPOCH_AXES = (0, 0, 0, 0, None)
+# A step's and an epoch's outputs, (state, metrics): split over the member axis.
+STEP_OUT_SPECS = (P(MEMBER_AXIS), P(MEMBER_AXIS))
 
 
 class GroupData(NamedTuple):
@@ -136,7 +138,7 @@ class GroupPrograms:
         )
         self._init = jax.jit(jax.vmap(self._member_init), out_shardings=self.member_sharding)
         self.train_step = jax.jit(
-            self._over_mesh(self._step, STEP_AXES, (P(MEMBER_AXIS), P(MEMBER_AXIS))),
+            self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS),
             donate_argnums=(0, 1),
         )
         # Scores [members, images, classes]: members over the member axis and, when a
@@ -183,7 +185,7 @@ class GroupPrograms:
                 return state, metrics
 
             self._epochs[num_steps] = jax.jit(
-                self._over_mesh(epoch, EPOCH_AXES, (P(MEMBER_AXIS), P(MEMBER_AXIS))),
+                self._over_mesh(epoch, EPOCH_AXES, STEP_OUT_SPECS),
                 donate_argnums=(0, 1),
             )
         return self._epochs[num_steps]
