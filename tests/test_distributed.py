@@ -4,9 +4,18 @@
 ``jax.distributed`` run over the loopback interface (CPU collectives through gloo), each with
 two simulated CPU devices: the group's four members are split over four devices in two
 processes (mesh member=4 data=1), or, on a 2-D mesh (member=2 data=2), two members per
-process with each member's batch split over the process's two devices. Their scores, CSV
-log and orbax checkpoint must match a single-process run of the same configuration with the
-``loop`` strategy, which shares nothing with the sharded path.
+process with each member's batch split over the process's two devices.
+
+Two references, each compared without a tolerance or with one that is derived:
+- the same mesh on four of this process's eight devices: the same arithmetic, so the scores,
+  CSV log and orbax checkpoint must be bit-identical (measured: they are);
+- the ``loop`` strategy on one device, which shares nothing with the sharded path: with
+  members alone on their devices it is the same arithmetic too (bit-identical, measured);
+  with a data axis the gradient of a batch is the mean of two half-batch means, another
+  order of float32 sums that training amplifies, so the scores and losses agree within the
+  spread of the member strategies on one device (``trainer_testing.STRATEGY_SPREAD``; measured
+  here 1.8e-7 in scores, and 2.2e-5 in a checkpoint's parameters on a loaded machine, which is
+  why parameters are only compared with the same-mesh run).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from trainer_testing import STRATEGY_SPREAD
 
 import train
 
@@ -57,6 +67,10 @@ def launch_two_process_run(out_dir: str, log_dir: str, mesh_args: list[str]) -> 
         for key, value in os.environ.items()
         # gRPC would send the coordinator's loopback traffic through a proxy.
         if "proxy" not in key.lower()
+        # An executable with cross-process (gloo) collectives loaded from the suite's
+        # persistent compilation cache never joined its gloo context (measured: "Gloo
+        # context initialization failed: DEADLINE_EXCEEDED"); these processes compile.
+        and key != "JAX_COMPILATION_CACHE_DIR"
     }
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
@@ -112,25 +126,37 @@ def read_log(run_dir: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory) -> str:
-    """The run directory of the 1-process loop run, the reference."""
-    one = str(tmp_path_factory.mktemp("one") / "one_process")
+def run_in_this_process(out_dir: str, *args: str, devices=None) -> str:
     config = train.config_from_args(
-        train.build_parser().parse_args([*RUN_ARGS, "--strategy", "loop", "--out-dir", one])
+        train.build_parser().parse_args([*RUN_ARGS, *args, "--out-dir", out_dir])
     )
-    train.train_ensemble(config, progress=False)
-    return one
+    train.train_ensemble(config, progress=False, devices=devices)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory) -> str:
+    """The run directory of the 1-process loop run."""
+    return run_in_this_process(str(tmp_path_factory.mktemp("loop") / "run"), "--strategy", "loop")
 
 
 @pytest.fixture(scope="module", params=list(MESHES))
-def runs(request, tmp_path_factory, one_process_run) -> dict[str, str]:
-    """The run directories of a 2-process sharded run and of the 1-process loop run."""
+def runs(request, tmp_path_factory, loop_run) -> dict[str, str]:
+    """The run directories of a 2-process sharded run and of its two 1-process references."""
     root = tmp_path_factory.mktemp("distributed")
     two = str(root / "two_processes")
     outputs = launch_two_process_run(two, str(root), MESHES[request.param])
-    return {"two": two, "one": one_process_run, "output0": outputs[0], "output1": outputs[1],
-            "mesh": request.param}  # fmt: skip
+    same_mesh = run_in_this_process(
+        str(root / "same_mesh"), "--strategy", "sharded", *MESHES[request.param],
+        devices=jax.devices()[: PROCESSES * DEVICES_PER_PROCESS],
+    )  # fmt: skip
+    return {"two": two, "same_mesh": same_mesh, "loop": loop_run, "output0": outputs[0],
+            "output1": outputs[1], "mesh": request.param}  # fmt: skip
+
+
+def read_scores(run_dir: str) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(run_dir, "scores", "fold0", "dgrad.npz")) as f:
+        return {key: f[key] for key in f.files}
 
 
 def test_two_processes_each_hold_two_of_four_devices(runs):
@@ -142,33 +168,31 @@ def test_two_processes_each_hold_two_of_four_devices(runs):
 
 
 def test_two_processes_give_the_same_scores_as_one(runs):
-    with np.load(os.path.join(runs["two"], "scores", "fold0", "dgrad.npz")) as f:
-        two = {key: f[key] for key in f.files}
-    with np.load(os.path.join(runs["one"], "scores", "fold0", "dgrad.npz")) as f:
-        one = {key: f[key] for key in f.files}
-    assert two.keys() == one.keys()
-    assert two["scores"].shape == one["scores"].shape == (4, len(one["labels"]), 10)
-    np.testing.assert_allclose(two["scores"], one["scores"], rtol=0, atol=2e-5)
-    for key in one.keys() - {"scores"}:
-        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    two, same_mesh, loop = (read_scores(runs[name]) for name in ("two", "same_mesh", "loop"))
+    assert two.keys() == same_mesh.keys() == loop.keys()
+    assert two["scores"].shape == loop["scores"].shape == (4, len(loop["labels"]), 10)
+    for key in two:
+        np.testing.assert_array_equal(two[key], same_mesh[key], err_msg=key)
+    np.testing.assert_allclose(two["scores"], loop["scores"], rtol=0, atol=STRATEGY_SPREAD)
+    for key in loop.keys() - {"scores"}:
+        np.testing.assert_array_equal(two[key], loop[key], err_msg=key)
     # The members are really different networks, so equal scores are not a coincidence.
-    assert np.abs(one["scores"][0] - one["scores"][1]).max() > 1e-3
+    assert np.abs(loop["scores"][0] - loop["scores"][1]).max() > 1e-3
 
 
 def test_two_processes_log_the_same_losses_as_one(runs):
-    two, one = read_log(runs["two"]), read_log(runs["one"])
-    assert [row["member"] for row in two] == ["0", "1", "2", "3"]
-    assert [row["member"] for row in one] == ["0", "1", "2", "3"]
-    np.testing.assert_allclose(
-        [float(row["loss"]) for row in two], [float(row["loss"]) for row in one], atol=2e-5
-    )
+    two, same_mesh, loop = (read_log(runs[name]) for name in ("two", "same_mesh", "loop"))
+    assert two == same_mesh
+    assert [row["member"] for row in two] == [row["member"] for row in loop] == ["0", "1", "2", "3"]
+    losses = [[float(row["loss"]) for row in log] for log in (two, loop)]
+    np.testing.assert_allclose(*losses, atol=STRATEGY_SPREAD)
 
 
 def test_the_checkpoint_written_by_both_processes_holds_every_member(runs):
-    two, one = restore_checkpoint(runs["two"], 1), restore_checkpoint(runs["one"], 1)
+    two, one = restore_checkpoint(runs["two"], 1), restore_checkpoint(runs["same_mesh"], 1)
     assert jax.tree.structure(two) == jax.tree.structure(one)
     leaves_two, leaves_one = jax.tree.leaves(two), jax.tree.leaves(one)
     assert len(leaves_one) > 10
     for leaf_two, leaf_one in zip(leaves_two, leaves_one, strict=True):
         assert leaf_two.shape == leaf_one.shape and leaf_one.shape[0] == 4
-        np.testing.assert_allclose(leaf_two, leaf_one, rtol=0, atol=2e-5)
+        np.testing.assert_array_equal(leaf_two, leaf_one)

@@ -122,6 +122,9 @@ class RunDirectory:
     def open(cls, config: TrainConfig, *, resume: bool, overwrite: bool) -> RunDirectory:
         """Checks, locks, clears (``overwrite``) and initialises the run directory."""
         path = check_run_directory(config, resume=resume, overwrite=overwrite)
+        # Every process checks the directory as it found it before process 0 changes it;
+        # otherwise a slower process would find process 0's new config.json and refuse.
+        sync_processes("run directory checked")
         run_dir = cls(path)
         if jax.process_index() == 0:
             os.makedirs(path, exist_ok=True)
