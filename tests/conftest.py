@@ -1,12 +1,34 @@
-"""Test-wide setup: eight simulated CPU devices, so sharding code is tested anywhere.
+"""Test-wide setup: eight simulated CPU devices, and one compilation cache per session.
 
-XLA reads the flag once, when the backend starts, so it must be set before the first
+XLA reads the flags once, when the backend starts, so they are set before the first
 computation; every test process sees the same eight devices.
+
+The suite builds the same programs in many places: both xdist workers, each subprocess
+(CLI, 2-process ``jax.distributed`` and benchmark runs) and tests that wrap a program and so
+compile it again. JAX's persistent compilation cache in one directory per session (made by
+the controlling process, inherited by the workers and subprocesses through the environment,
+removed at the end) lets each program compile once. Its entries are keyed by the program,
+the devices and the compiler options, so a hit is the same executable; tests that count
+compiles switch it off (``trainer_testing.count_backend_compiles``).
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+_OWN_CACHE = None
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="pytest-jax-compilation-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    # Most of the suite's programs compile in 0.1-5 s; the default (1 s) would skip half.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

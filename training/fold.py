@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from data import ImageDataset
 from training.config import TrainConfig
 from training.members import epoch_randomness, load_pretrained_members, member_keys
-from training.placement import Placement, replicate, to_host
+from training.placement import Placement, replicate, shard_members, to_host
 from training.programs import GroupData, GroupPrograms, predict_members
 from training.run_dir import RunDirectory
 
@@ -144,7 +144,8 @@ def train_fold(
             orders, augment_keys = epoch_randomness(
                 data_keys, jnp.asarray(epoch), data.num_train, group.train_rows
             )
-            metrics = jnp.zeros((slots, 3), jnp.float32)
+            # Placed as the step returns it, so the second step reuses the first's program.
+            metrics = shard_members(np.zeros((slots, 3), np.float32), placement.mesh)
             if placement.step_loop == "scan":
                 run_epoch = programs.train_epoch(steps)
                 state, metrics = run_epoch(state, metrics, orders, augment_keys, data)

@@ -11,7 +11,7 @@ until ``python benchmarks/trainer.py --suite gpu`` has run on such a device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +186,23 @@ def replicate(array: np.ndarray, mesh: Mesh | None) -> jax.Array:
         return jnp.asarray(array)
     sharding = NamedSharding(mesh, P())
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def shard_members(tree: Any, mesh: Mesh | None) -> Any:
+    """Splits the leading member axis of every leaf over ``mesh``'s member axis.
+
+    Every process supplies the same values (the trainer derives them from the same keys), and
+    each keeps the members of its own devices. Without a mesh the tree is returned as it is.
+    """
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, P(MEMBER_AXIS))
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def to_host(array: jax.Array) -> np.ndarray:
