@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -32,3 +34,20 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory, worker_id):
+    """Directories made once per session and shared by the xdist workers."""
+    from session_cache import SessionCache
+
+    base = tmp_path_factory.getbasetemp()
+    return SessionCache((base if worker_id == "master" else base.parent) / "session-cache")
+
+
+@pytest.fixture(scope="session")
+def shared_runs(session_cache):
+    """Runs trained once per session and shared by the xdist workers (``SharedRuns``)."""
+    from trainer_testing import SharedRuns  # imports JAX: after the flags above are set
+
+    return SharedRuns(session_cache)

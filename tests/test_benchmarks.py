@@ -127,6 +127,7 @@ def _measured(report, strategy, members):
     return rows[0]
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke(tmp_path):
     report, imported = _smoke(tmp_path, "--suite", "gpu", "--rows", "1:loop;3:map-vmap2;200:loop",
                               "--unrolls", "1")
@@ -159,6 +160,7 @@ def test_gpu_suite_smoke(tmp_path):
     assert all(_finite(r["vs_adam"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_cpu_suite_smoke(tmp_path):
     report, imported = _smoke(tmp_path, "--suite", "cpu", "--rows", "1:loop;2:sharded",
                               "--skip", "optimizer", "step_loop")
@@ -166,6 +168,11 @@ def test_cpu_suite_smoke(tmp_path):
     assert report["devices"] == 2  # the CPU suite's two host devices
     sharded = _measured(report, "sharded", 2)
     assert sharded["check"]["ok"] and _finite(sharded["efficiency"])
+    # --smoke shrinks the paper-protocol row too: the tiny model, not ResNet50 at 224 px.
+    assert (report["paper_settings"]["model"], report["paper_settings"]["image_size"]) == (
+        "resnet_tiny",
+        8,
+    )
     (paper_row,) = report["paper"]["rows"]  # the separate paper-protocol row
     assert _finite(paper_row["xla_flops_per_image"]) and _finite(paper_row["mfu_matmul"])
     assert paper_row["mfu_datasheet"] is None  # no data-sheet peak for a CPU

@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -50,6 +51,7 @@ RUN_ARGS = [
     "--no-progress",
 ]  # fmt: skip
 MESHES = {"member-axis": [], "member-and-data-axes": ["--mesh", "member=2,data=2"]}
+pytestmark = pytest.mark.slow
 
 
 def free_loopback_port() -> int:
@@ -134,24 +136,29 @@ def run_in_this_process(out_dir: str, *args: str, devices=None) -> str:
     return out_dir
 
 
-@pytest.fixture(scope="module")
-def loop_run(tmp_path_factory) -> str:
-    """The run directory of the 1-process loop run."""
-    return run_in_this_process(str(tmp_path_factory.mktemp("loop") / "run"), "--strategy", "loop")
+@pytest.fixture
+def loop_run(session_cache) -> str:
+    """The run directory of the 1-process loop run (made once per session)."""
+    make = lambda directory: run_in_this_process(str(directory / "run"), "--strategy", "loop")  # noqa: E731
+    return str(session_cache.directory("distributed-loop", make) / "run")
 
 
-@pytest.fixture(scope="module", params=list(MESHES))
-def runs(request, tmp_path_factory, loop_run) -> dict[str, str]:
-    """The run directories of a 2-process sharded run and of its two 1-process references."""
-    root = tmp_path_factory.mktemp("distributed")
-    two = str(root / "two_processes")
-    outputs = launch_two_process_run(two, str(root), MESHES[request.param])
-    same_mesh = run_in_this_process(
-        str(root / "same_mesh"), "--strategy", "sharded", *MESHES[request.param],
-        devices=jax.devices()[: PROCESSES * DEVICES_PER_PROCESS],
-    )  # fmt: skip
-    return {"two": two, "same_mesh": same_mesh, "loop": loop_run, "output0": outputs[0],
-            "output1": outputs[1], "mesh": request.param}  # fmt: skip
+@pytest.fixture(params=list(MESHES))
+def runs(request, session_cache, loop_run) -> dict[str, str]:
+    """The run directories of a 2-process sharded run and of its two 1-process references,
+    made once per session and mesh."""
+    mesh = MESHES[request.param]
+
+    def make(directory: Path) -> None:
+        launch_two_process_run(str(directory / "two_processes"), str(directory), mesh)
+        run_in_this_process(str(directory / "same_mesh"), "--strategy", "sharded", *mesh,
+                            devices=jax.devices()[: PROCESSES * DEVICES_PER_PROCESS])  # fmt: skip
+
+    directory = session_cache.directory(f"distributed-{request.param}", make)
+    return {"two": str(directory / "two_processes"), "same_mesh": str(directory / "same_mesh"),
+            "loop": loop_run, "mesh": request.param,
+            **{f"output{p}": (directory / f"process{p}.log").read_text()
+               for p in range(PROCESSES)}}  # fmt: skip
 
 
 def read_scores(run_dir: str) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from test_ensemble import (  # the runs of known accuracy shared with the table tests
+from ensemble_testing import (
     LABELS,
     hela_groups,
     write_fold,

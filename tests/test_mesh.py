@@ -14,7 +14,15 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from trainer_testing import STRATEGY_SPREAD, fast_config, load_scores, run, small_digits
+from trainer_testing import (
+    STRATEGY_SPREAD,
+    Killed,
+    fast_config,
+    kill_at,
+    load_scores,
+    run,
+    small_digits,
+)
 
 import train
 from training.placement import auto_mesh_shape, parse_mesh, resolve_placement
@@ -22,39 +30,24 @@ from training.placement import auto_mesh_shape, parse_mesh, resolve_placement
 COMMON = dict(folds=(1,), epochs=1, augment="paper")
 
 
-@pytest.fixture(scope="module")
-def loop_runs(tmp_path_factory):
-    """The 1-device loop runs the mesh runs are compared with, by member count."""
-    root = tmp_path_factory.mktemp("loop")
-    return {
-        members: run(
-            root, small_digits(), f"loop{members}", optimizers={"dgrad": members}, **COMMON
-        )  # fmt: skip
-        for members in (2, 3)
-    }
-
-
 @pytest.mark.parametrize(
     "members, mesh",
     [(2, dict(member=2, data=4)), (3, dict(member=1, data=8)), (3, dict(member=3, data=2))],
     ids=["2-members-on-2x4", "3-members-on-1x8", "3-members-on-3x2"],
 )
-def test_a_mesh_gives_the_scores_of_one_device(tmp_path, loop_runs, members, mesh, capsys):
+def test_a_mesh_gives_the_scores_of_one_device(tmp_path, shared_runs, members, mesh, capsys):
     result = run(tmp_path, small_digits(), optimizers={"dgrad": members}, strategy="sharded",
                  mesh=mesh, **COMMON)  # fmt: skip
     shape = f"member={mesh['member']} data={mesh['data']}"
     assert f"member strategy: sharded, mesh {shape}" in capsys.readouterr().out
     got = load_scores(result.run_dir, 1, "dgrad")
-    want = load_scores(loop_runs[members].run_dir, 1, "dgrad")
+    loop = shared_runs.finished(optimizers={"dgrad": members}, **COMMON)
+    want = load_scores(loop.run_dir, 1, "dgrad")
     assert got["scores"].shape == want["scores"].shape == (members, 300, 10)
     np.testing.assert_allclose(got["scores"], want["scores"], atol=STRATEGY_SPREAD)
     np.testing.assert_array_equal(got["member_seeds"], want["member_seeds"])
     # The members are different networks: agreement is not a coincidence.
     assert np.abs(want["scores"][0] - want["scores"][1]).max() > 1e-2
-
-
-class Killed(Exception):
-    pass
 
 
 def test_resume_mid_epoch_on_a_mesh_is_bit_identical(tmp_path):
@@ -63,12 +56,8 @@ def test_resume_mid_epoch_on_a_mesh_is_bit_identical(tmp_path):
     whole = run(tmp_path, small_digits(), "whole", **common)
     config = fast_config(tmp_path, "resumed", **common)
 
-    def kill(group, fold, epoch, step):
-        if (epoch, step) == (1, 3):
-            raise Killed
-
     with pytest.raises(Killed):
-        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill)
+        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3))
     train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     np.testing.assert_array_equal(
         load_scores(config.out_dir, 0, "dgrad")["scores"],

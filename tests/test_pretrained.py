@@ -111,9 +111,16 @@ def _legacy_name(name):
     return f"{'res' if kind == 'conv' else 'bn'}{stage}{letter}_branch{branch}"
 
 
-@pytest.fixture(scope="module")
-def keras_reference(tmp_path_factory):
-    """Random Keras ResNet50, its logits on random images, and its weights in three files."""
+KERAS_FILES = {
+    "keras3": "resnet50.weights.h5",  # Keras 3 save_weights
+    "full_model": "resnet50_full.h5",  # Keras 3 model.save, legacy format
+    "classic": "resnet50_classic.h5",  # Keras 2 save_weights / ImageNet file
+    "legacy_names": "resnet50_legacy_names.h5",  # old keras_applications
+}
+
+
+def _write_keras_reference(directory):
+    """A random Keras ResNet50's weights in four files, random images and its logits."""
     import keras
 
     rng = np.random.default_rng(0)
@@ -126,13 +133,7 @@ def keras_reference(tmp_path_factory):
     _randomise(keras_model, rng)
     images = rng.normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     logits = np.asarray(keras_model(images, training=False))
-    directory = tmp_path_factory.mktemp("keras")
-    files = {
-        "keras3": directory / "resnet50.weights.h5",  # Keras 3 save_weights
-        "full_model": directory / "resnet50_full.h5",  # Keras 3 model.save, legacy format
-        "classic": directory / "resnet50_classic.h5",  # Keras 2 save_weights / ImageNet file
-        "legacy_names": directory / "resnet50_legacy_names.h5",  # old keras_applications
-    }
+    files = {name: directory / file for name, file in KERAS_FILES.items()}
     keras_model.save_weights(files["keras3"])
     keras_model.save(files["full_model"])
     _write_classic_h5(files["classic"], keras_model)
@@ -143,10 +144,20 @@ def keras_reference(tmp_path_factory):
     keras_model.load_weights(files["classic"])
     for before, after in zip(saved, keras_model.weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())
-    return images, logits, files
+    np.savez(directory / "reference.npz", images=images, logits=logits)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def keras_reference(session_cache):
+    """Random Keras ResNet50, its logits on random images, and its weights in four files
+    (made once per session)."""
+    directory = session_cache.directory("keras-resnet50", _write_keras_reference)
+    with np.load(directory / "reference.npz") as reference:
+        images, logits = reference["images"], reference["logits"]
+    return images, logits, {name: directory / file for name, file in KERAS_FILES.items()}
+
+
+@pytest.fixture(scope="session")
 def resnet50_v1():
     model = get_model("resnet50", num_classes=NUM_CLASSES, stride_placement="v1")
     return model, _random_variables(model, (1, IMAGE_SIZE, IMAGE_SIZE, 3), seed=1)

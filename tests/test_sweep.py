@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
-from trainer_testing import fast_config, load_scores, run, small_digits
+from trainer_testing import count_backend_compiles, fast_config, load_scores, run, small_digits
 
 import ensemble
 import train
 from training.config import grid_points, parse_sweep
 from training.programs import GroupPrograms
 
-COMMON = dict(optimizers={"dgrad": 2}, folds=(0,), epochs=1, augment="paper")
+# Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
+COMMON = dict(optimizers={"dgrad": 2}, folds=(1,), epochs=1, augment="paper")
 RATES = (1e-3, 3e-4)
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return run(tmp_path_factory.mktemp("sweep"), small_digits(), "sweep",
-               sweep={"learning_rate": RATES}, **COMMON)  # fmt: skip
+@pytest.fixture
+def sweep(shared_runs):
+    return shared_runs.finished(sweep={"learning_rate": RATES}, **COMMON)
 
 
-def test_a_sweep_member_is_the_member_of_a_plain_run(tmp_path, sweep):
-    swept = load_scores(sweep.run_dir, 0, "dgrad")
+def test_a_sweep_member_is_the_member_of_a_plain_run(shared_runs, sweep):
+    swept = load_scores(sweep.run_dir, 1, "dgrad")
     assert swept["scores"].shape[0] == 4  # 2 members at each of 2 grid points
     assert list(swept["hyperparameter_names"]) == ["learning_rate"]
     np.testing.assert_allclose(swept["hyperparameter_values"][:, 0], [1e-3, 1e-3, 3e-4, 3e-4])
     for point, rate in enumerate(RATES):
-        plain = load_scores(run(tmp_path, small_digits(), f"lr{rate}", learning_rate=rate,
-                                **COMMON).run_dir, 0, "dgrad")  # fmt: skip
+        plain_run = shared_runs.finished(learning_rate=rate, **COMMON)
+        plain = load_scores(plain_run.run_dir, 1, "dgrad")
         rows = slice(2 * point, 2 * point + 2)
         np.testing.assert_array_equal(swept["member_seeds"][rows], plain["member_seeds"])
         # The rate is an array in the optimizer state instead of a constant in the program;
@@ -39,17 +38,11 @@ def test_a_sweep_member_is_the_member_of_a_plain_run(tmp_path, sweep):
 
 
 def test_a_four_point_sweep_compiles_the_step_once(tmp_path):
-    compiled: list[str] = []
-
-    def count(name, seconds, fun_name="", **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiled.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(count)
     config = fast_config(tmp_path, optimizers={"dgrad": 1}, folds=(0, 1), epochs=1,
                          sweep={"learning_rate": (1e-2, 3e-3, 1e-3, 3e-4)})  # fmt: skip
-    result = train.train_ensemble(config, dataset=small_digits(), progress=False,
-                                  build_programs=GroupPrograms)  # fmt: skip
+    with count_backend_compiles() as compiled:
+        result = train.train_ensemble(config, dataset=small_digits(), progress=False,
+                                      build_programs=GroupPrograms)  # fmt: skip
     steps = [name for name in compiled if "_member_step" in name]
     assert steps == ["jit(_member_step_over_members)"]  # 4 grid points, 2 folds, 1 compile
     assert len(result.groups) == 4
@@ -58,7 +51,7 @@ def test_a_four_point_sweep_compiles_the_step_once(tmp_path):
 def test_the_runs_score_files_serve_grid_point_ensembles(tmp_path, sweep):
     data = ensemble.load_run(sweep.run_dir)
     assert set(data.groups) == {"dgrad[learning_rate=0.001]", "dgrad[learning_rate=0.0003]"}
-    scores = load_scores(sweep.run_dir, 0, "dgrad")
+    scores = load_scores(sweep.run_dir, 1, "dgrad")
     for spec_text, rows in (("DGrad[learning_rate=1e-3](2)", slice(0, 2)),
                             ("dgrad@learning_rate=3e-4:2", slice(2, 4))):  # fmt: skip
         result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec(spec_text))
@@ -72,10 +65,10 @@ def test_the_runs_score_files_serve_grid_point_ensembles(tmp_path, sweep):
 def test_divergence_at_one_grid_point_leaves_the_others_bit_identical(tmp_path, sweep, capsys):
     wild = run(tmp_path, small_digits(), "wild", sweep={"learning_rate": (1e-3, 1e38)}, **COMMON)
     assert "diverged" in capsys.readouterr().err
-    scores = load_scores(wild.run_dir, 0, "dgrad")
+    scores = load_scores(wild.run_dir, 1, "dgrad")
     np.testing.assert_array_equal(scores["diverged"], [False, False, True, True])
     np.testing.assert_array_equal(
-        scores["scores"][:2], load_scores(sweep.run_dir, 0, "dgrad")["scores"][:2]
+        scores["scores"][:2], load_scores(sweep.run_dir, 1, "dgrad")["scores"][:2]
     )
     assert wild.groups["dgrad[learning_rate=1e+38]"].diverged == [0, 1]
     assert "dgrad[learning_rate=0.001] | 2 |" in train.format_summary(wild)
