@@ -146,6 +146,59 @@ def read_write_bandwidth(shapes, repeats):
     return bytes_moved / float(np.median(times))
 
 
+def trajectory_error(name, dtype, steps=100, lr=1e-2):
+    """max |x_t - x_ref_t| over 100 steps on f(x) = sum(a x^2) / 2 (a in [0.1, 10], 64
+    parameters), with the moments stored in ``dtype``; x_ref from the float64 reference."""
+    rng = np.random.default_rng(0)
+    curvature = 10.0 ** rng.uniform(-1, 1, 64)
+    x0 = rng.standard_normal(64)
+    optimizer = OPTIMIZERS_WITH_DTYPE[name](dtype)
+    x, x_ref = jnp.asarray(x0, jnp.float32), x0.copy()
+    state = optimizer.init(x)
+    step = jax.jit(lambda x, state: optimizer.update(curvature.astype(np.float32) * x, state, x))
+    grads_ref, worst = [], 0.0
+    for _ in range(steps):
+        updates, state = step(x, state)
+        x = optax.apply_updates(x, updates)
+        # The reference replays the same gradients of the reference trajectory itself.
+        grads_ref.append(curvature * x_ref)
+        (direction,) = reference_directions(name, grads_ref, b1=B1, b2=B2, eps=EPS,
+                                            period=PERIOD)[-1:]  # fmt: skip
+        x_ref = x_ref - lr * direction
+        worst = max(worst, float(np.abs(np.asarray(x, np.float64) - x_ref).max()))
+    return worst
+
+
+OPTIMIZERS_WITH_DTYPE = {
+    "adam": lambda dtype: optax.adam(1e-2, B1, B2, EPS, mu_dtype=dtype),  # optax: no nu_dtype
+    "diffgrad": lambda dtype: optax_dgrad.diffgrad(1e-2, B1, B2, EPS, mu_dtype=dtype,
+                                                   nu_dtype=dtype),  # fmt: skip
+    "dgrad": lambda dtype: optax_dgrad.dgrad(1e-2, B1, B2, EPS, mu_dtype=dtype, nu_dtype=dtype),
+    "cos1": lambda dtype: optax_dgrad.cos1(1e-2, B1, B2, EPS, mu_dtype=dtype, period=PERIOD,
+                                           nu_dtype=dtype),  # fmt: skip
+    "cos2": lambda dtype: optax_dgrad.cos2(1e-2, B1, B2, EPS, mu_dtype=dtype, period=PERIOD,
+                                           nu_dtype=dtype),  # fmt: skip
+}
+
+
+def moment_dtypes(shapes):
+    """ResNet50 state size with float32 and bfloat16 moments, and each one's trajectory
+    error against the float64 reference over 100 steps of a small quadratic."""
+    params = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    rows = {}
+    for name, make in OPTIMIZERS_WITH_DTYPE.items():
+        sizes = {}
+        for dtype in ("float32", "bfloat16"):
+            state = jax.eval_shape(make(jnp.dtype(dtype)).init, params)
+            sizes[dtype] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) / 1e6
+        rows[name] = {
+            "state_mb_float32": sizes["float32"], "state_mb_bfloat16": sizes["bfloat16"],
+            "trajectory_error_float32": trajectory_error(name, jnp.float32),
+            "trajectory_error_bfloat16": trajectory_error(name, jnp.bfloat16),
+        }
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per optimizer")
@@ -167,11 +220,14 @@ def main():
     rows = []
     timings = time_steps(shapes, args.repeats)
     for name, (seconds, state_bytes, temp_bytes, compile_seconds) in timings.items():
-        floor = ARRAYS_MOVED[name] * bytes_per_array / bandwidth
+        bytes_moved = ARRAYS_MOVED[name] * bytes_per_array
+        floor = bytes_moved / bandwidth
         rows.append({
             "optimizer": name,
             "median_ms": 1e3 * seconds,
+            "bytes_moved_mb": bytes_moved / 1e6,
             "floor_ms": 1e3 * floor,
+            "vs_floor": seconds / floor,
             "state_mb": state_bytes / 1e6,
             "xla_temp_mb": temp_bytes / 1e6,
             "compile_s": compile_seconds,
@@ -187,16 +243,24 @@ def main():
         f"median of {args.repeats}; read+write bandwidth {bandwidth / 1e9:.1f} GB/s\n"
     )
     print(
-        "| optimizer | update (ms) | vs adam | floor (ms) | floor vs adam | state (MB) "
-        "| XLA temp (MB) |"
+        "| optimizer | update (ms) | vs adam | bytes moved (MB) | floor (ms) | vs floor "
+        "| floor vs adam | state (MB) | XLA temp (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['optimizer']} | {row['median_ms']:.1f} | {row['vs_adam']:.2f}x | "
-            f"{row['floor_ms']:.1f} | {row['floor_vs_adam']:.2f}x | {row['state_mb']:.1f} | "
-            f"{row['xla_temp_mb']:.1f} |"
+            f"{row['bytes_moved_mb']:.0f} | {row['floor_ms']:.1f} | {row['vs_floor']:.2f}x | "
+            f"{row['floor_vs_adam']:.2f}x | {row['state_mb']:.1f} | {row['xla_temp_mb']:.1f} |"
         )
+    moments = moment_dtypes(shapes)
+    print("\nbfloat16 moments (mu_dtype = nu_dtype = bfloat16) against float32:")
+    print("| optimizer | state float32 (MB) | state bfloat16 (MB) | max |x_bf16 - x_ref| "
+          "| max |x_f32 - x_ref| | (100 steps, NumPy float64 reference) |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, row in moments.items():
+        print(f"| {name} | {row['state_mb_float32']:.1f} | {row['state_mb_bfloat16']:.1f} | "
+              f"{row['trajectory_error_bfloat16']:.2e} | {row['trajectory_error_float32']:.2e} | |")
 
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps({
@@ -214,6 +278,7 @@ def main():
         "jax": jax.__version__,
         "optax": optax.__version__,
         "rows": rows,
+        "moment_dtypes": moments,
     }, indent=2) + "\n")
     print(f"\nwrote {RESULTS_PATH}")
 

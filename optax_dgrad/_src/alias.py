@@ -44,6 +44,8 @@ def diffgrad(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The diffGrad optimizer (Dubey et al. 2019), as used by Nanni et al. (2021).
 
@@ -62,6 +64,7 @@ def diffgrad(
         weight_decay: coupled L2 factor >= 0: ``weight_decay * params`` is added to the
             gradient before the moments. Non-zero values need ``params`` in ``update``.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params' dtype.
 
     Returns:
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
@@ -87,7 +90,9 @@ def diffgrad(
         True
     """
     return _chain(
-        learning_rate, weight_decay, diffgrad_lib.scale_by_diffgrad(b1, b2, eps, mu_dtype)
+        learning_rate,
+        weight_decay,
+        diffgrad_lib.scale_by_diffgrad(b1, b2, eps, mu_dtype, nu_dtype=nu_dtype),
     )
 
 
@@ -99,6 +104,8 @@ def dgrad(
     weight_decay: float = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
     normalization: str = "leaf",
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The DGrad optimizer (Nanni et al. 2021, equations 12 to 14).
 
@@ -122,6 +129,7 @@ def dgrad(
         mu_dtype: dtype of the stored first moment; None (default) keeps the params' dtype.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
             parameter tensor; ``"tree"`` takes it over the whole tree.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params' dtype.
 
     Returns:
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
@@ -152,7 +160,7 @@ def dgrad(
     return _chain(
         learning_rate,
         weight_decay,
-        dgrad_lib.scale_by_dgrad(b1, b2, eps, mu_dtype, normalization),
+        dgrad_lib.scale_by_dgrad(b1, b2, eps, mu_dtype, normalization, nu_dtype=nu_dtype),
     )
 
 
@@ -165,6 +173,8 @@ def cos1(
     mu_dtype: jax.typing.DTypeLike | None = None,
     period: int = 30,
     normalization: str = "leaf",
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Cos#1 optimizer (Nanni et al. 2021, equations 12 to 15).
 
@@ -188,6 +198,7 @@ def cos1(
         period: the period :math:`P` of the cyclic factor, a whole number >= 1.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
             parameter tensor; ``"tree"`` takes it over the whole tree.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params' dtype.
 
     Returns:
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
@@ -216,7 +227,7 @@ def cos1(
     return _chain(
         learning_rate,
         weight_decay,
-        cosine.scale_by_cos1(b1, b2, eps, mu_dtype, period, normalization),
+        cosine.scale_by_cos1(b1, b2, eps, mu_dtype, period, normalization, nu_dtype=nu_dtype),
     )
 
 
@@ -229,6 +240,8 @@ def cos2(
     mu_dtype: jax.typing.DTypeLike | None = None,
     period: int = 30,
     normalization: str = "leaf",
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Cos#2 optimizer (Nanni et al. 2021, equations 12 to 17).
 
@@ -254,6 +267,7 @@ def cos2(
         period: the period :math:`P` of the cyclic factors, a whole number >= 1.
         normalization: ``"leaf"`` (default, the paper's per-layer update) takes the max per
             parameter tensor; ``"tree"`` takes it over the whole tree.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params' dtype.
 
     Returns:
         The optimizer, an :class:`optax.GradientTransformationExtraArgs`.
@@ -282,5 +296,5 @@ def cos2(
     return _chain(
         learning_rate,
         weight_decay,
-        cosine.scale_by_cos2(b1, b2, eps, mu_dtype, period, normalization),
+        cosine.scale_by_cos2(b1, b2, eps, mu_dtype, period, normalization, nu_dtype=nu_dtype),
     )

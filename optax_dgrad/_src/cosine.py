@@ -26,6 +26,8 @@ def scale_by_cos1(
     mu_dtype: jax.typing.DTypeLike | None = None,
     period: int = 30,
     normalization: str = "leaf",
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by Cos#1: Adam's direction times :math:`\sigma(4 c_t \hat D_t)`.
 
@@ -42,6 +44,9 @@ def scale_by_cos1(
         period: the period :math:`P` of the cyclic factor, a whole number >= 1.
         normalization: ``"leaf"`` (default) takes :math:`\max(D_t)` per parameter tensor;
             ``"tree"`` takes it over the whole tree.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params'
+            dtype. The moments are computed in the gradient's dtype and rounded to these
+            dtypes only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
@@ -75,7 +80,8 @@ def scale_by_cos1(
         return friction
 
     return dgrad.scale_by_normalized_difference(
-        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos1"
+        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos1",
+        nu_dtype=nu_dtype,
     )
 
 
@@ -86,6 +92,8 @@ def scale_by_cos2(
     mu_dtype: jax.typing.DTypeLike | None = None,
     period: int = 30,
     normalization: str = "leaf",
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by Cos#2: Adam's direction times
     :math:`\sigma(2 c_t \hat D_t) + \sigma(4 a_t) - 0.5`.
@@ -103,6 +111,9 @@ def scale_by_cos2(
         period: the period :math:`P` of the cyclic factors, a whole number >= 1.
         normalization: ``"leaf"`` (default) takes :math:`\max(D_t)` per parameter tensor;
             ``"tree"`` takes it over the whole tree.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params'
+            dtype. The moments are computed in the gradient's dtype and rounded to these
+            dtypes only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
@@ -139,5 +150,6 @@ def scale_by_cos2(
         return friction
 
     return dgrad.scale_by_normalized_difference(
-        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos2"
+        friction_for_step, b1, b2, eps, mu_dtype, normalization, name="scale_by_cos2",
+        nu_dtype=nu_dtype,
     )

@@ -28,7 +28,7 @@ class DiffGradState(NamedTuple):
         count: number of updates done so far, int32 scalar (the step t of the next update
             is ``count + 1``); it saturates at the int32 maximum instead of overflowing.
         mu: biased first moment :math:`m_t`, a tree like the params (dtype ``mu_dtype``).
-        nu: biased second moment :math:`v_t`, a tree like the params.
+        nu: biased second moment :math:`v_t`, a tree like the params (dtype ``nu_dtype``).
         prev_grad: the gradient this transform received at the previous update (zeros
             before the first), a tree like the params, cast to their dtype.
     """
@@ -41,6 +41,14 @@ class DiffGradState(NamedTuple):
 
 def _is_none(leaf) -> bool:
     return leaf is None
+
+
+def _widened(moments, updates):
+    """``moments`` in the wider of their dtype and the gradient's (a no-op where they agree)."""
+    return jax.tree.map(
+        lambda m, g: None if g is None else m.astype(jnp.promote_types(m.dtype, g.dtype)),
+        moments, updates, is_leaf=_is_none,
+    )
 
 
 def _after(g: jax.Array, u: jax.Array) -> jax.Array:
@@ -64,6 +72,8 @@ def scale_by_diffgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by diffGrad: Adam's direction times :math:`\sigma(|g_{t-1} - g_t|)`.
 
@@ -82,6 +92,9 @@ def scale_by_diffgrad(
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator, >= 0.
         mu_dtype: dtype of the stored first moment; None (default) keeps the params'
             dtype, as in :func:`optax.scale_by_adam`.
+        nu_dtype: dtype of the stored second moment; None (default) keeps the params'
+            dtype. The moments are computed in the gradient's dtype and rounded to these
+            dtypes only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`DiffGradState`.
@@ -106,13 +119,14 @@ def scale_by_diffgrad(
     validation.check_decay_rate("b2", b2)
     validation.check_non_negative("eps", eps)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+    nu_dtype = None if nu_dtype is None else jax.dtypes.canonicalize_dtype(nu_dtype)
 
     def init_fn(params):
         validation.check_float_leaves(params, "parameter", "scale_by_diffgrad")
         return DiffGradState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-            nu=optax.tree.zeros_like(params),
+            nu=optax.tree.zeros_like(params, dtype=nu_dtype),
             prev_grad=optax.tree.zeros_like(params),
         )
 
@@ -120,8 +134,10 @@ def scale_by_diffgrad(
         del params
         validation.check_float_leaves(updates, "gradient", "scale_by_diffgrad")
         count = optax.safe_increment(state.count)
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        # Stored moments narrower than the gradient (mu_dtype, nu_dtype) are widened first, so
+        # only storing them rounds: a bfloat16 b1 * mu would round once more every step.
+        mu = optax.tree.update_moment(updates, _widened(state.mu, updates), b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, _widened(state.nu, updates), b2, 2)
         mu_hat = optax.tree.bias_correction(mu, b1, count)
         nu_hat = optax.tree.bias_correction(nu, b2, count)
 

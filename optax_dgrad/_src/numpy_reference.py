@@ -40,6 +40,7 @@ def reference_directions(
     eps: float = 1e-8,
     period: int = 30,
     normalization: str = "leaf",
+    moment_dtype: Any = None,
 ) -> list[Any]:
     r"""The directions :math:`u_t` of every step (the update is :math:`-\eta u_t`).
 
@@ -52,6 +53,9 @@ def reference_directions(
         eps: added to :math:`\sqrt{\hat v_t}` in the denominator.
         period: the period :math:`P` of the cyclic factors (Cos#1, Cos#2).
         normalization: ``"leaf"`` (max of :math:`D_t` per leaf) or ``"tree"``.
+        moment_dtype: the dtype the stored moments are rounded to after each step (as with
+            ``mu_dtype`` and ``nu_dtype``, for example ``jax.numpy.bfloat16``); the step
+            itself uses the unrounded :math:`m_t` and :math:`v_t`. None: no rounding.
 
     Returns:
         One pytree per step, with the gradients' structure and float64 NumPy leaves.
@@ -102,5 +106,8 @@ def reference_directions(
                 v_hat = nu[i] / (1 - b2**t)
                 step.append(xi * m_hat / (np.sqrt(v_hat) + eps))
                 prev[i] = x
+                if moment_dtype is not None:
+                    mu[i] = mu[i].astype(moment_dtype).astype(np.float64)
+                    nu[i] = nu[i].astype(moment_dtype).astype(np.float64)
             directions.append(jax.tree.unflatten(treedef, step))
     return directions
