@@ -45,8 +45,8 @@ def scale_by_cos1(
         normalization: ``"leaf"`` (default) takes :math:`\max(D_t)` per parameter tensor;
             ``"tree"`` takes it over the whole tree.
         nu_dtype: dtype of the stored second moment; None (default) keeps the params'
-            dtype. The moments are computed in the gradient's dtype and rounded to these
-            dtypes only when stored (``bfloat16`` halves their memory).
+            dtype. The moments are computed in the wider of the stored and the gradient's
+            dtype and rounded only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.
@@ -112,8 +112,8 @@ def scale_by_cos2(
         normalization: ``"leaf"`` (default) takes :math:`\max(D_t)` per parameter tensor;
             ``"tree"`` takes it over the whole tree.
         nu_dtype: dtype of the stored second moment; None (default) keeps the params'
-            dtype. The moments are computed in the gradient's dtype and rounded to these
-            dtypes only when stored (``bfloat16`` halves their memory).
+            dtype. The moments are computed in the wider of the stored and the gradient's
+            dtype and rounded only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`optax.ScaleByAdamState`.

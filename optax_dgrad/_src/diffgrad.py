@@ -93,8 +93,8 @@ def scale_by_diffgrad(
         mu_dtype: dtype of the stored first moment; None (default) keeps the params'
             dtype, as in :func:`optax.scale_by_adam`.
         nu_dtype: dtype of the stored second moment; None (default) keeps the params'
-            dtype. The moments are computed in the gradient's dtype and rounded to these
-            dtypes only when stored (``bfloat16`` halves their memory).
+            dtype. The moments are computed in the wider of the stored and the gradient's
+            dtype and rounded only when stored (``bfloat16`` halves their memory).
 
     Returns:
         An :class:`optax.GradientTransformation` with state :class:`DiffGradState`.
