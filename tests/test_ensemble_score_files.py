@@ -8,7 +8,10 @@ arrays or bytes (``damage``), which the writer would refuse to produce.
 import json
 import os
 import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from ensemble_testing import (
 
 import ensemble
 
+ROOT = Path(__file__).resolve().parent.parent
 VALID = {
     "scores": np.full((2, 3, 3), 1 / 3),
     "labels": [0, 1, 2],
@@ -90,19 +94,27 @@ def test_written_file_reads_back_in_the_pinned_dtypes(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["dgrad.npz"]
 
 
-def test_write_is_atomic_and_cleans_up_when_interrupted(tmp_path, monkeypatch):
+# A write that fails part-way for real: the process may write files of at most 100 bytes, so
+# the score file's write stops with EFBIG ("File too large") after its first bytes.
+INTERRUPTED_WRITE = """
+import resource, signal, sys
+import numpy as np
+from ensembling.score_files import write_score_file
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+write_score_file(sys.argv[1], scores=np.full((2, 3, 3), 1 / 3), labels=[0, 1, 2],
+                 test_indices=[5, 3, 4], class_names=("a", "b", "c"), member_seeds=[11, 12],
+                 diverged=[False, False], optimizer="dgrad", fold=3, dataset="hela")
+"""
+
+
+def test_write_is_atomic_and_cleans_up_when_interrupted(tmp_path):
     path = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID)
     before = path.read_bytes()
-    original_savez = np.savez
-
-    def killed_mid_write(file, **arrays):
-        original_savez(file, **arrays)
-        file.truncate(100)  # half a file on disk, then the process is interrupted
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez", killed_mid_write)
-    with pytest.raises(KeyboardInterrupt):
-        ensemble.write_score_file(path, **{**VALID, "fold": 3})
+    assert len(before) > 100  # the limit falls inside the new file, not after it
+    failed = subprocess.run([sys.executable, "-c", INTERRUPTED_WRITE, str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr
     assert path.read_bytes() == before  # the previous file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["dgrad.npz"]  # temporary file removed
 
