@@ -69,10 +69,6 @@ def launch_two_process_run(out_dir: str, log_dir: str, mesh_args: list[str]) -> 
         for key, value in os.environ.items()
         # gRPC would send the coordinator's loopback traffic through a proxy.
         if "proxy" not in key.lower()
-        # An executable with cross-process (gloo) collectives loaded from the suite's
-        # persistent compilation cache never joined its gloo context (measured: "Gloo
-        # context initialization failed: DEADLINE_EXCEEDED"); these processes compile.
-        and key != "JAX_COMPILATION_CACHE_DIR"
     }
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
