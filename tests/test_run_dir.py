@@ -245,3 +245,23 @@ def test_resume_accepts_settings_that_do_not_change_the_scores(interrupted, unin
 def test_a_group_with_an_empty_member_count_is_an_error():
     with pytest.raises(ValueError, match="'dgrad:' in --optimizers 'dgrad:' has no member count"):
         train.parse_optimizer_groups("dgrad:")
+
+
+# --- 12. the CLI's compilation cache ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_cli_caches_compiled_programs_per_user_unless_told_not_to(tmp_path):
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}  # fmt: skip
+    env.update(XLA_FLAGS="", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    command = [sys.executable, "train.py", *TINY_CLI]
+    subprocess.run([*command, "--out-dir", str(tmp_path / "a")], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    cache = tmp_path / "cache" / "optax-dgrad" / "jax"
+    entries = [path for path in cache.iterdir() if "-cache" in path.name]
+    assert len(entries) >= 3  # init, step and predict at least
+    env["XDG_CACHE_HOME"] = str(tmp_path / "other")
+    subprocess.run([*command, "--out-dir", str(tmp_path / "b"), "--no-compilation-cache"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
+    assert not (tmp_path / "other").exists()
