@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainer_testing import STRATEGY_SPREAD, fast_config, load_scores, run, small_digits
+from trainer_testing import (
+    STRATEGY_SPREAD,
+    Killed,
+    fast_config,
+    kill_at,
+    load_scores,
+    run,
+    small_digits,
+)
 
 import train
 from training.run_dir import RunDirectoryError
@@ -265,3 +273,31 @@ def test_the_cli_caches_compiled_programs_per_user_unless_told_not_to(tmp_path):
     subprocess.run([*command, "--out-dir", str(tmp_path / "b"), "--no-compilation-cache"],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
     assert not (tmp_path / "other").exists()
+
+
+# --- 13. checkpoints by time ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("minutes, retrained", [(0.0, {1, 2}), (1.0, {0, 1, 2})])
+def test_checkpoints_by_time_resume_bit_identical(tmp_path, uninterrupted, minutes, retrained):
+    # The run trains in well under a minute: by default (1 minute) nothing is saved before
+    # the kill and the resumed run starts over; with 0 minutes every epoch is saved.
+    overrides = dict(checkpoint_every=None, checkpoint_minutes=minutes)
+    config = fast_config(tmp_path, "resumed", **RESUMABLE, **overrides)
+    with pytest.raises(Killed):
+        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3))
+    steps = []
+    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
+                         on_step=lambda *where: steps.append(where))  # fmt: skip
+    assert {epoch for _, _, epoch, _ in steps} == retrained
+    np.testing.assert_array_equal(
+        load_scores(config.out_dir, 0, "diffgrad")["scores"],
+        load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
+    )
+
+
+def test_by_default_a_kept_fold_keeps_its_last_epoch(tmp_path):
+    result = run(tmp_path, small_digits(), optimizers={"sgd": 1}, folds=(0,), epochs=2,
+                 checkpoint_every=None, keep_checkpoints=True)  # fmt: skip
+    steps = Path(result.run_dir) / "checkpoints" / "fold0" / "sgd"
+    assert [p.name for p in steps.iterdir() if p.name.isdigit()] == ["2"]

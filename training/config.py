@@ -185,8 +185,17 @@ class TrainConfig:
     )
     scan_unroll: int = _field(8, "steps unrolled per scan iteration", affects_results=False)
     eval_batch_size: int = _field(256, "test images per prediction call", affects_results=False)
-    checkpoint_every: int = _field(
-        1, "epochs between orbax checkpoints, 0 for none", affects_results=False
+    checkpoint_every: int | None = _field(
+        None,
+        "epochs between orbax checkpoints, 0 for none (default: by time, --checkpoint-minutes)",
+        parse=int,
+        affects_results=False,
+    )
+    checkpoint_minutes: float = _field(
+        1.0,
+        "without --checkpoint-every: checkpoint at the end of an epoch once this many minutes "
+        "have passed since the fold/group started or was last saved",
+        affects_results=False,
     )
     keep_checkpoints: bool = _field(
         False,
@@ -251,8 +260,9 @@ def validate_config(config: TrainConfig) -> None:
         ("eval_batch_size", 1),
         ("scan_unroll", 1),
         ("checkpoint_every", 0),
+        ("checkpoint_minutes", 0),
     ):
-        if getattr(config, field) < minimum:
+        if getattr(config, field) is not None and not getattr(config, field) >= minimum:
             raise ValueError(f"{field} must be >= {minimum}, got {getattr(config, field)!r}")
     for field, allowed in (
         ("strategy", MEMBER_STRATEGIES),
