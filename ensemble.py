@@ -62,6 +62,7 @@ References:
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,7 +96,14 @@ from ensembling.report import (
     table2_markdown,
     write_tables,
 )
-from ensembling.runs import DatasetScores, GroupScores, load_run, load_runs, merge_runs
+from ensembling.runs import (
+    DatasetScores,
+    GroupScores,
+    RunWarning,
+    load_run,
+    load_runs,
+    merge_runs,
+)
 from ensembling.score_files import (
     OPTIONAL_KEYS,
     SCORE_FILE_KEYS,
@@ -105,7 +113,6 @@ from ensembling.score_files import (
     write_score_file,
 )
 from ensembling.specs import (
-    HYPERPARAMETER_NAMES,
     PAPER_NAMES,
     PAPER_TABLE2_ENSEMBLES,
     EnsembleSpec,
@@ -136,11 +143,12 @@ from ensembling.tables import (
     trained_group_ensembles,
     unfusable_fold,
 )
+from rundir import ENSEMBLE_DIR, SWEEPABLE, describe_os_error
 
 __all__ = [
     "ECE_BINS",
     "FUSION_RULES",
-    "HYPERPARAMETER_NAMES",
+    "SWEEPABLE",
     "OPTIONAL_KEYS",
     "PAPER_NAMES",
     "PAPER_TABLE2_ENSEMBLES",
@@ -156,6 +164,7 @@ __all__ = [
     "LeftOutMember",
     "MemberResult",
     "ReliabilityCurve",
+    "RunWarning",
     "ScoreFileError",
     "SweepRow",
     "Table1Row",
@@ -282,9 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         if len(args.run_dirs) > 1:
             parser.error("--out is required when several RUN_DIRs are given")
-        args.out = args.run_dirs[0] / "ensemble"
+        args.out = args.run_dirs[0] / ENSEMBLE_DIR
+    if args.out.exists() and not args.out.is_dir():
+        parser.exit(1, f"ensemble.py: error: --out {args.out} exists and is not a directory\n")
     try:
-        datasets = load_runs(args.run_dirs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RunWarning)
+            datasets = load_runs(args.run_dirs)
+        for warning in caught:
+            print(f"ensemble.py: warning: {warning.message}", file=sys.stderr)
         members = [result for data in datasets.values() for result in member_results(data)]
         table1_rows = table1(members)
         table2_entries = table2(datasets, args.ensembles, args.fusion)
@@ -317,6 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
     print(markdown)
+    try:
+        written = _write_outputs(args, datasets, members, table1_rows, table2_entries, markdown,
+                                 sweep_rows)  # fmt: skip
+    except OSError as error:
+        parser.exit(1, f"ensemble.py: error: {describe_os_error(error)}\n")
+    print("\nwrote " + ", ".join(str(path) for path in written), file=sys.stderr)
+    return 0
+
+
+def _write_outputs(args, datasets, members, table1_rows, table2_entries, markdown, sweep_rows):
+    """Writes the tables and, unless ``--no-plots``, the plots; returns the files written."""
     written = write_tables(
         args.out,
         datasets,
@@ -339,8 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sweep_rows, args.out / "hyperparameter_sweep.png", args.fusion
                 )
             )
-    print("\nwrote " + ", ".join(str(path) for path in written), file=sys.stderr)
-    return 0
+    return written
 
 
 if __name__ == "__main__":

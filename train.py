@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
+from rundir import describe_os_error
 from training.api import GroupResult, TrainResult, format_summary, select_folds, train_ensemble
 from training.config import (
     AUGMENTATIONS,
@@ -204,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path that cannot be written, a full disk, ...
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\ninterrupted; run the same command with --resume to continue from the last "
@@ -215,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_summary(result))
         print(
             f"scores written to {os.path.join(result.run_dir, 'scores')}; fuse and tabulate "
-            f"them with: python ensemble.py {result.run_dir}"
+            f"them with: python ensemble.py {shlex.quote(result.run_dir)}"
         )
     return 0
 

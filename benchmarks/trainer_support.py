@@ -17,6 +17,8 @@ from pathlib import Path
 
 import jax
 
+from rundir import write_atomically
+
 HELA = dict(images=862, folds=5, epochs=20, groups=(14, 7, 7, 14, 7, 7))  # 56 members
 GROWS = {"loop", "sharded"}  # strategies whose program (and compile) grows with N
 HYBRIDS = {"map": 1, "map-vmap2": 2}  # benchmark-only: lax.map over chunks of this size
@@ -244,10 +246,7 @@ class Report:
 
     def save(self):
         self.data["seconds"] = time.perf_counter() - self.started
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(self.data, indent=2, default=float) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(self.data, indent=2, default=float) + "\n")
 
 
 def matmul_peak(size: int, dtype: str) -> float:

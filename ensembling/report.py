@@ -29,7 +29,8 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def describe_runs(datasets: Mapping[str, DatasetScores]) -> list[dict]:
-    """Per data set: its runs, folds, test samples, groups' member counts, diverged members."""
+    """Per data set: its runs, folds (and planned folds without scores), test samples, groups'
+    member counts, diverged members."""
     descriptions = []
     for data in datasets.values():
         diverged = [
@@ -42,6 +43,7 @@ def describe_runs(datasets: Mapping[str, DatasetScores]) -> list[dict]:
                 "dataset": data.dataset,
                 "run_dirs": [str(run_dir) for run_dir in data.run_dirs],
                 "folds": list(data.folds),
+                "missing_folds": list(data.missing_folds),
                 "test_samples": len(data.labels),
                 "classes": len(data.class_names),
                 "members": {name: group.n_members for name, group in data.groups.items()},
@@ -57,7 +59,12 @@ def runs_markdown(datasets: Mapping[str, DatasetScores]) -> str:
         [
             run["dataset"],
             ", ".join(run["run_dirs"]),
-            " ".join(map(str, run["folds"])),
+            " ".join(map(str, run["folds"]))
+            + (
+                f" (missing: {' '.join(map(str, run['missing_folds']))})"
+                if run["missing_folds"]
+                else ""
+            ),
             str(run["test_samples"]),
             " + ".join(f"{display_name(name)}({count})" for name, count in run["members"].items()),
             ", ".join(run["diverged"]) or "none",

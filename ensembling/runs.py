@@ -1,27 +1,23 @@
-"""Run directories: their ``config.json`` and score files, checked, pooled and merged.
+"""Run directories read for ensembling: their score files checked, pooled and merged.
 
-The layout (the trainer writes it; score files in ``score_files``)::
+The layout, ``config.json`` and the grid's member order are ``rundir``'s. A hyperparameter
+sweep trains ``optimizers[group]`` members per grid point; a group's score file holds them
+grid point by grid point, each member's values in its ``hyperparameter_values``.
+``load_run`` splits such a group into one group per grid point, ``dgrad[learning_rate=0.003]``
+(``specs.grid_point_group``), its members counted from 0: everything downstream sees ordinary
+groups.
 
-  RUN_DIR/config.json                     "optimizers" ({"sgd": 14, ...}), "folds" (null or
-                                          a list), "sweep" (absent, null or {} without a
-                                          sweep), "dataset", "seed", ...
-  RUN_DIR/scores/fold{F}/{OPTIMIZER}.npz  one per fold F (0-based) and optimizer group
-
-A hyperparameter sweep (config.json's ``"sweep": {"learning_rate": [0.003, 0.001]}``) trains
-``optimizers[group]`` members per grid point, the grid being the product of the value lists;
-a group's score file holds them grid point by grid point, each member's values in its
-``hyperparameter_values``. ``load_run`` splits such a group into one group per grid point,
-``dgrad[learning_rate=0.003]`` (``specs.grid_point_group``), its members counted from 0:
-everything downstream sees ordinary groups.
-
+A run's score files must carry the digest of its ``config.json`` (``rundir``'s provenance);
+a run written before provenance existed is read with a ``RunWarning``, as is one whose
+planned folds are not all trained yet (they are named in ``DatasetScores.missing_folds``).
 Runs of one data set can be merged, each optimizer group (or grid point) from one run. A
 problem raises ``ScoreFileError`` naming the file(s) and what was expected.
 """
 
-import json
 import math
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,16 +29,22 @@ from ensembling.score_files import (
     ScoreFileError,
     read_score_file,
 )
-from ensembling.specs import (
-    GROUP_NAME,
-    HYPERPARAMETER_NAMES,
+from ensembling.specs import grid_point_group, paper_order, split_group
+from rundir import (
+    SCORES_DIR,
+    RunConfig,
+    RunDirectoryError,
+    canonical_names,
     format_hyperparameter,
-    grid_point_group,
-    paper_order,
-    split_group,
+    read_config,
+    scores_path,
 )
 
 _FOLD_DIR = re.compile(r"fold(\d+)")
+
+
+class RunWarning(UserWarning):
+    """A run directory that is read, but whose tables the reader should know more about."""
 
 
 def _expect(condition: bool, path: Path, problem: str) -> None:
@@ -92,6 +94,7 @@ class DatasetScores(NamedTuple):
       sample_fold: int64 ``[n_samples]``: the fold in which the sample is test data.
       groups: the optimizer groups, in the paper's order (``specs.paper_order``).
       run_dirs: the runs merged here.
+      missing_folds: planned folds without scores yet (a run not finished), ascending.
     """
 
     dataset: str
@@ -102,6 +105,7 @@ class DatasetScores(NamedTuple):
     sample_fold: np.ndarray
     groups: dict[str, GroupScores]
     run_dirs: tuple[Path, ...]
+    missing_folds: tuple[int, ...] = ()
 
     @property
     def sample_fold_position(self) -> np.ndarray:
@@ -120,91 +124,31 @@ def _first(fold_files: dict[str, FoldScores]) -> FoldScores:
     return next(iter(fold_files.values()))
 
 
-def _read_config(
-    run_dir: Path,
-) -> tuple[dict[str, int], list[int] | None, dict[str, list[float]]]:
-    """Returns config.json's ``optimizers``, ``folds`` (None: all folds) and ``sweep`` ({}:
-    none)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ScoreFileError(f"{config_path}: not found; is {run_dir} a train.py run directory?")
+def _read_config(run_dir: Path) -> RunConfig:
+    """The run's checked ``config.json``; warns when it cannot vouch for its score files."""
     try:
-        text = config_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ScoreFileError(f"{config_path}: cannot be read: {error}") from error
-    if not text.strip():
-        raise ScoreFileError(
-            f"{config_path}: empty; expected the run's configuration as a JSON object "
-            "(was the run interrupted while writing it?)"
+        config = read_config(run_dir)
+    except RunDirectoryError as error:
+        raise ScoreFileError(str(error)) from None
+    if config.provenance is None:
+        warnings.warn(
+            f"{config.path}: written without provenance (by a trainer before it existed); "
+            "its score files are read as they are, unchecked against the settings",
+            RunWarning,
+            stacklevel=3,
         )
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ScoreFileError(f"{config_path}: not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ScoreFileError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
-    groups = config.get("optimizers")
-    if not isinstance(groups, dict) or not groups:
-        raise ScoreFileError(
-            f"{config_path}: 'optimizers' must map group names to member counts, "
-            f'e.g. {{"sgd": 14}}; got {groups!r}'
+    elif config.stale_settings():
+        warnings.warn(
+            f"{config.path}: its settings were changed after the run wrote them (they no "
+            "longer match the digest written with them); the tables describe the scores, "
+            "which were trained with the original settings",
+            RunWarning,
+            stacklevel=3,
         )
-    for name, count in groups.items():
-        if (
-            GROUP_NAME.fullmatch(name) is None
-            or not isinstance(count, int)
-            or isinstance(count, bool)
-            or count < 1
-        ):
-            raise ScoreFileError(
-                f"{config_path}: 'optimizers' entry {name!r}: {count!r}; expected a group name "
-                "(lower case: a letter, then letters, digits, '_' or '-') and a positive "
-                "member count"
-            )
-    folds = config.get("folds")
-    if folds is not None and (
-        not isinstance(folds, list)
-        or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)
-    ):
-        raise ScoreFileError(
-            f"{config_path}: 'folds' must be null or a list of folds (integers >= 0), got {folds!r}"
-        )
-    return groups, folds, _read_sweep(config_path, config.get("sweep"))
+    return config
 
 
-def _read_sweep(config_path: Path, sweep) -> dict[str, list[float]]:
-    """config.json's ``sweep``: name -> distinct finite values; absent, null or {}: no sweep."""
-    if sweep is None:
-        return {}
-    if not isinstance(sweep, dict):
-        raise ScoreFileError(
-            f"{config_path}: 'sweep' must map hyperparameter names to value lists, e.g. "
-            f'{{"learning_rate": [0.003, 0.001]}}, or be null; got {sweep!r}'
-        )
-    for name, values in sweep.items():
-        if (
-            name not in HYPERPARAMETER_NAMES
-            or not isinstance(values, list)
-            or not values
-            or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in values
-            )
-        ):
-            raise ScoreFileError(
-                f"{config_path}: 'sweep' entry {name!r}: {values!r}; expected a name from "
-                f"{list(HYPERPARAMETER_NAMES)} and a non-empty list of finite numbers"
-            )
-        formatted = [format_hyperparameter(v) for v in values]
-        if len(set(formatted)) < len(formatted):
-            raise ScoreFileError(
-                f"{config_path}: 'sweep' entry {name!r} repeats a value (compared as "
-                f"{formatted}, formatted with :g)"
-            )
-    return {name: [float(v) for v in values] for name, values in sweep.items()}
-
-
-def _check_sweep_names(scores: FoldScores, sweep: dict[str, list[float]]) -> None:
+def _check_sweep_names(scores: FoldScores, sweep: Mapping[str, Sequence[float]]) -> None:
     """A sweep's file holds the sweep's hyperparameter names; another file holds none."""
     path, names = scores.path, scores.hyperparameter_names
     if not sweep:
@@ -224,9 +168,10 @@ def _check_sweep_names(scores: FoldScores, sweep: dict[str, list[float]]) -> Non
 
 
 def _grid_points(
-    scores: FoldScores, per_point: int, sweep: dict[str, list[float]]
+    scores: FoldScores, per_point: int, sweep: Mapping[str, Sequence[float]]
 ) -> list[tuple[str, tuple[tuple[str, float], ...], slice]]:
-    """A score file's grid points: ``(group, (name, value) pairs, members)``, in file order.
+    """A score file's grid points: ``(group, (name, value) pairs, members)``, in file order,
+    the pairs in the grid's canonical order (``rundir.SWEEPABLE``).
 
     Without a sweep the whole file is one group. With one, the members must come in blocks
     of ``per_point``, one grid point each, every grid point of the sweep once.
@@ -263,7 +208,8 @@ def _grid_points(
             f"point's {per_point} members must be consecutive",
         )
         starts[group] = start
-        pairs = tuple(zip(names, map(float, block[0]), strict=True))
+        values = dict(zip(names, map(float, block[0]), strict=True))
+        pairs = tuple((name, values[name]) for name in canonical_names(values))
         points.append((group, pairs, slice(start, start + per_point)))
     return points
 
@@ -271,13 +217,15 @@ def _grid_points(
 def load_run(run_dir: str | Path) -> DatasetScores:
     """Reads and cross-checks all score files of one run directory.
 
-    Checks that every group of ``config.json`` has one file per trained fold (config.json's
-    ``folds``, or every ``fold{F}`` present when it is null) with the configured number of
-    members, that each file agrees with its place (optimizer, fold) and all name the same data
-    set, that all groups of a fold share the labels, test indices and class names, that class
-    names agree across folds, and that no sample is test data in two folds. The data set's name
-    is the one in the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
-    are not score files and are not read.
+    Checks that every group of ``config.json`` has one file per trained fold (every
+    ``fold{F}`` present, each one the run planned) with the configured number of members,
+    that each file carries the run's settings digest (when the run has provenance), agrees
+    with its place (optimizer, fold) and all name the same data set, that all groups of a
+    fold share the labels, test indices and class names, that class names agree across
+    folds, and that no sample is test data in two folds. The data set's name is the one in
+    the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
+    are not score files and are not read. Planned folds without scores are warned about
+    (``RunWarning``) and listed in ``missing_folds``.
 
     A sweep's group (config.json's ``sweep``) must hold ``optimizers[group]`` members per grid
     point, grid point by grid point, each point of the sweep once, with the sweep's names; it
@@ -287,9 +235,11 @@ def load_run(run_dir: str | Path) -> DatasetScores:
       ScoreFileError: naming the file(s) and the problem.
     """
     run_dir = Path(run_dir)
-    configured, configured_folds, sweep = _read_config(run_dir)
+    config = _read_config(run_dir)
+    configured, configured_folds, sweep = config.groups, config.folds, config.sweep or {}
+    digest = config.provenance.digest if config.provenance is not None else None
     n_points = math.prod(len(values) for values in sweep.values())
-    scores_dir = run_dir / "scores"
+    scores_dir = run_dir / SCORES_DIR
     if not scores_dir.is_dir():
         raise ScoreFileError(f"{scores_dir}: not found; the run has written no scores")
     fold_dirs = {}
@@ -302,11 +252,26 @@ def load_run(run_dir: str | Path) -> DatasetScores:
         fold_dirs[int(match.group(1))] = entry
     if not fold_dirs:
         raise ScoreFileError(f"{scores_dir}: holds no fold{{F}} directory")
-    if configured_folds is not None and sorted(fold_dirs) != sorted(configured_folds):
-        raise ScoreFileError(
-            f"{scores_dir}: holds folds {sorted(fold_dirs)}; config.json's 'folds' says "
-            f"{sorted(configured_folds)}"
-        )
+    planned = configured_folds
+    if config.provenance is not None:
+        planned = config.provenance.planned_folds
+    missing_folds: tuple[int, ...] = ()
+    if planned is not None:
+        extra = sorted(set(fold_dirs) - set(planned))
+        if extra:
+            raise ScoreFileError(
+                f"{scores_dir}: holds folds {sorted(fold_dirs)}; config.json plans folds "
+                f"{sorted(planned)}"
+            )
+        missing_folds = tuple(sorted(set(planned) - set(fold_dirs)))
+        if missing_folds:
+            warnings.warn(
+                f"{scores_dir}: folds {list(missing_folds)} of the planned {sorted(planned)} "
+                "have no scores (the run has not finished them); the tables pool the folds "
+                f"{sorted(fold_dirs)} only",
+                RunWarning,
+                stacklevel=2,
+            )
 
     folds: list[dict[str, FoldScores]] = []
     fold_points: list[dict[str, dict[str, tuple]]] = []
@@ -324,7 +289,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
             )
         fold_files, points = {}, {}
         for optimizer, members in configured.items():
-            path = fold_dir / f"{optimizer}.npz"
+            path = Path(scores_path(run_dir, fold, optimizer))
             if optimizer not in present:
                 raise ScoreFileError(
                     f"{path}: missing; config.json lists {optimizer!r} with {members} members"
@@ -337,6 +302,13 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                 f"{optimizer!r}, fold {fold}",
             )
             _check_sweep_names(scores, sweep)
+            if digest is not None:
+                _expect(
+                    scores.config_digest == digest,
+                    path,
+                    f"was trained with settings of digest {scores.config_digest}; this run's "
+                    f"config.json has {digest}: the file does not belong to this run",
+                )
             per_grid_point = (
                 f" per grid point x {n_points} grid points of its 'sweep' = {members * n_points}"
                 if sweep
@@ -426,6 +398,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
         ),
         groups=groups,
         run_dirs=(run_dir,),
+        missing_folds=missing_folds,
     )
 
 
@@ -465,6 +438,7 @@ def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
     return first._replace(
         groups={name: merged[name] for name in paper_order(merged)},
         run_dirs=first.run_dirs + second.run_dirs,
+        missing_folds=tuple(sorted(set(first.missing_folds) | set(second.missing_folds))),
     )
 
 

@@ -11,9 +11,11 @@ The trainer writes one file per fold and optimizer group with ``write_score_file
     member_seeds  int64 [members]
     diverged      bool [members]   the member's loss became NaN/inf (its scores may be NaN)
     optimizer, dataset  0-d str;  fold  0-d int64
-  and, only in a hyperparameter sweep's files (``OPTIONAL_KEYS``, both or neither):
-    hyperparameter_names   unicode [H]  names from ``specs.HYPERPARAMETER_NAMES``
+  and, only in a hyperparameter sweep's files (both or neither):
+    hyperparameter_names   unicode [H]  names from ``rundir.SWEEPABLE``
     hyperparameter_values  float64 [members, H]  each member's values (finite)
+  and, in every file the trainer writes since provenance exists (``rundir``):
+    config_digest          0-d str  the digest of the settings the scores were trained with
 
 A sweep's members are ordered grid point by grid point (``runs.load_run`` splits them into
 one group per grid point); ``member_seeds`` then repeats from one grid point to the next.
@@ -26,14 +28,20 @@ hyperparameters were); files without it keep reading.
 """
 
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ensembling.specs import GROUP_NAME, HYPERPARAMETER_NAMES
+from rundir import (
+    GROUP_NAME,
+    PARTIAL_INFIX,
+    SWEEPABLE,
+    ScoreProvenance,
+    atomic_file,
+    scores_path,
+)
 
 SCORE_FILE_KEYS = (
     "scores",
@@ -47,12 +55,14 @@ SCORE_FILE_KEYS = (
     "dataset",
 )
 # Keys only a hyperparameter sweep's score files hold; a file holds both or neither.
-OPTIONAL_KEYS = ("hyperparameter_names", "hyperparameter_values")
+HYPERPARAMETER_KEYS = ("hyperparameter_names", "hyperparameter_values")
+# Keys a file may lack (older files, hand-written ones).
+OPTIONAL_KEYS = (*HYPERPARAMETER_KEYS, "config_digest")
 # Softmax scores are float32: rows sum to one within rounding; anything further off is not a
 # probability vector (logits written by mistake, say).
 PROBABILITY_TOLERANCE = 1e-3
 # The suffix of a write in progress; ``load_run`` never reads such a file.
-PARTIAL_SUFFIX = ".partial.npz"
+PARTIAL_SUFFIX = f"{PARTIAL_INFIX}.npz"
 # What reading a damaged .npz raises varies (zipfile.BadZipFile, EOFError, OSError, ValueError,
 # NotImplementedError for a flipped compression method, RuntimeError, zlib.error, ...): every
 # exception while reading is reported as a damaged file, with the original error in the message
@@ -82,6 +92,8 @@ class FoldScores(NamedTuple):
       hyperparameter_names: a sweep's hyperparameter names, ``()`` for a file without.
       hyperparameter_values: float64 ``[members, len(hyperparameter_names)]`` (``[members,
         0]`` for a file without).
+      config_digest: the digest of the settings it was trained with (``rundir``); None for
+        a file written without provenance.
     """
 
     path: Path
@@ -96,6 +108,19 @@ class FoldScores(NamedTuple):
     dataset: str
     hyperparameter_names: tuple[str, ...] = ()
     hyperparameter_values: np.ndarray | None = None
+    config_digest: str | None = None
+
+    @property
+    def provenance(self) -> ScoreProvenance:
+        """What the file says it was trained with."""
+        return ScoreProvenance(
+            self.config_digest,
+            self.optimizer,
+            self.fold,
+            self.member_seeds,
+            self.hyperparameter_names,
+            self.hyperparameters,
+        )
 
     @property
     def hyperparameters(self) -> np.ndarray:
@@ -188,6 +213,7 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
             f"{member_scores.min():.4g}, row sums {row_sums.min():.4g}..{row_sums.max():.4g})",
         )
     names, values = _checked_hyperparameters(path, arrays, n_members)
+    config_digest = scalar("config_digest", "U", "str") if "config_digest" in arrays else None
     return FoldScores(
         path=path,
         scores=scores,
@@ -201,6 +227,7 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
         dataset=dataset,
         hyperparameter_names=names,
         hyperparameter_values=values,
+        config_digest=config_digest,
     )
 
 
@@ -208,14 +235,14 @@ def _checked_hyperparameters(
     path: Path, arrays: dict[str, np.ndarray], n_members: int
 ) -> tuple[tuple[str, ...], np.ndarray | None]:
     """The optional ``hyperparameter_names`` and ``hyperparameter_values``, checked."""
-    present = [key for key in OPTIONAL_KEYS if key in arrays]
+    present = [key for key in HYPERPARAMETER_KEYS if key in arrays]
     if not present:
         return (), None
-    absent = [key for key in OPTIONAL_KEYS if key not in arrays]
+    absent = [key for key in HYPERPARAMETER_KEYS if key not in arrays]
     if absent:
         raise ScoreFileError(
             f"{path}: holds {present[0]!r} without {absent[0]!r}; a sweep's score file holds "
-            f"both {list(OPTIONAL_KEYS)}, other files neither"
+            f"both {list(HYPERPARAMETER_KEYS)}, other files neither"
         )
     names_array, values = arrays["hyperparameter_names"], arrays["hyperparameter_values"]
     _expect(
@@ -225,11 +252,11 @@ def _checked_hyperparameters(
         f"{names_array.dtype} {names_array.shape}",
     )
     names = tuple(str(name) for name in names_array)
-    unknown = [name for name in names if name not in HYPERPARAMETER_NAMES]
+    unknown = [name for name in names if name not in SWEEPABLE]
     _expect(
         not unknown,
         path,
-        f"'hyperparameter_names' {unknown} not among the sweepable {list(HYPERPARAMETER_NAMES)}",
+        f"'hyperparameter_names' {unknown} not among the sweepable {list(SWEEPABLE)}",
     )
     repeated = sorted({name for name in names if names.count(name) > 1})
     _expect(not repeated, path, f"'hyperparameter_names' repeats {repeated}")
@@ -269,6 +296,11 @@ def _arrays(checked: FoldScores) -> dict[str, np.ndarray]:
                 "hyperparameter_names": np.asarray(checked.hyperparameter_names, dtype=str),
                 "hyperparameter_values": checked.hyperparameter_values,
             }
+        ),
+        **(
+            {}
+            if checked.config_digest is None
+            else {"config_digest": np.asarray(checked.config_digest, dtype=str)}
         ),
     }
 
@@ -325,7 +357,7 @@ def _hyperparameter_arrays(
         _expect(
             isinstance(name, str),
             path,
-            f"hyperparameter name {name!r} is not a string (one of {list(HYPERPARAMETER_NAMES)})",
+            f"hyperparameter name {name!r} is not a string (one of {list(SWEEPABLE)})",
         )
         column = np.asarray(values)
         _expect(
@@ -354,6 +386,7 @@ def write_score_file(
     fold: int,
     dataset: str,
     hyperparameters: Mapping[str, Sequence[float]] | None = None,
+    config_digest: str | None = None,
 ) -> Path:
     """Checks and writes one ``{OPTIMIZER}.npz`` score file, atomically.
 
@@ -378,9 +411,11 @@ def write_score_file(
       dataset: the data set's name.
       hyperparameters: a hyperparameter sweep's per-member values, name -> ``[members]``
         values in the member order (grid point by grid point), names from
-        ``specs.HYPERPARAMETER_NAMES``; stored as ``hyperparameter_names`` and
+        ``specs.SWEEPABLE``; stored as ``hyperparameter_names`` and
         ``hyperparameter_values``. None (or empty) for a run without a sweep: the file then
         holds neither key, as before sweeps existed.
+      config_digest: the digest of the settings the scores were trained with
+        (``rundir.config_digest``); the trainer always gives it.
 
     Returns:
       ``path``.
@@ -403,25 +438,15 @@ def write_score_file(
     arrays = {key: np.asarray(value) for key, value in given.items()}
     if hyperparameters:
         arrays.update(_hyperparameter_arrays(path, hyperparameters, len(arrays["scores"])))
+    if config_digest is not None:
+        arrays["config_digest"] = np.asarray(config_digest, dtype=str)
     checked = _checked(path, arrays)
     _expect(
-        path.name == f"{checked.optimizer}.npz",
+        path.name == os.path.basename(scores_path("", checked.fold, checked.optimizer)),
         path,
         f"a score file of group {checked.optimizer!r} must be named {checked.optimizer}.npz "
         "(load_run finds a group's scores by the file name)",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    # O_EXCL: never write into someone else's temporary file; mode 0o666 minus the umask, as
-    # an ordinary open() would give (mkstemp's 0o600 would hide the scores from the group).
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.savez(file, **_arrays(checked))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as file:
+        np.savez(file, **_arrays(checked))
     return path

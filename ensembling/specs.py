@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from rundir import GROUP_NAME, SWEEPABLE, canonical_names, format_hyperparameter
+
 # The paper's display names, in the order of its tables.
 PAPER_NAMES = {
     "sgd": "SGD",
@@ -52,43 +54,29 @@ PAPER_TABLE2_ENSEMBLES = (
     "SGD(14) + DGrad(7) + Cos#1(7)",
     "SGD(14) + DGrad(7) + Cos#1(7) + diffGrad(7)",
 )
-# A group name as the trainer writes it (config.json's "optimizers", the score file's name):
-# lower case, starting with a letter.
-GROUP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
-# The hyperparameters a sweep may vary (config.json's "sweep", a score file's
-# "hyperparameter_names").
-HYPERPARAMETER_NAMES = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
 # A grid point's group: "dgrad[learning_rate=0.0003,b1=0.9]".
-_GRID_POINT_GROUP = re.compile(r"([a-z][a-z0-9_-]*)\[([^\[\]]*)\]")
+_GRID_POINT_GROUP = re.compile(rf"({GROUP_NAME.pattern})\[([^\[\]]*)\]")
 
 
 class EnsembleSpecError(ValueError):
     """An ensemble specification that cannot be parsed, or that the runs cannot serve."""
 
 
-def format_hyperparameter(value: float) -> str:
-    """A hyperparameter value as grid-point names and specs compare it: ``f"{value:g}"``.
-
-    Example:
-      >>> format_hyperparameter(3e-4), format_hyperparameter(0.9), format_hyperparameter(1e-8)
-      ('0.0003', '0.9', '1e-08')
-    """
-    return f"{float(value):g}"
-
-
 def grid_point_group(optimizer: str, hyperparameters: Iterable[tuple[str, float | str]]) -> str:
     """The group of one grid point of a sweep: ``"dgrad[learning_rate=0.0003]"``.
 
-    ``hyperparameters`` are ``(name, value)`` pairs, kept in their order; numbers are
-    formatted by ``format_hyperparameter``, strings taken as already formatted.
+    ``hyperparameters`` are ``(name, value)`` pairs, named in the grid's canonical order
+    (``rundir.SWEEPABLE``) whatever their order; numbers are formatted by
+    ``format_hyperparameter``, strings taken as already formatted.
 
     Example:
       >>> grid_point_group("dgrad", [("learning_rate", 3e-4), ("b1", 0.9)])
       'dgrad[learning_rate=0.0003,b1=0.9]'
     """
+    values = dict(hyperparameters)
     pairs = ",".join(
         f"{name}={value if isinstance(value, str) else format_hyperparameter(value)}"
-        for name, value in hyperparameters
+        for name, value in ((name, values[name]) for name in canonical_names(values))
     )
     return f"{optimizer}[{pairs}]"
 
@@ -193,10 +181,10 @@ def _grid_point(point: str, term: str, text: str) -> tuple[tuple[str, str], ...]
     pairs: list[tuple[str, str]] = []
     for item in point.split(","):
         name, equals, value = (part.strip() for part in item.partition("="))
-        if not equals or name not in HYPERPARAMETER_NAMES:
+        if not equals or name not in SWEEPABLE:
             raise EnsembleSpecError(
                 f"{term!r} in ensemble {text!r}: {item.strip()!r} is not NAME=VALUE with NAME "
-                f"one of {list(HYPERPARAMETER_NAMES)} (a grid point: "
+                f"one of {list(SWEEPABLE)} (a grid point: "
                 "'DGrad[learning_rate=3e-4](3)' or 'dgrad@learning_rate=3e-4:3')"
             )
         try:

@@ -460,6 +460,7 @@ def test_cli_end_to_end(hela_run, tmp_path, capsys):
             "dataset": "hela",
             "run_dirs": [str(hela_run)],
             "folds": [0, 1],
+            "missing_folds": [],
             "test_samples": 12,
             "classes": 3,
             "members": {"sgd": 14, "dgrad": 7, "cos1": 7},

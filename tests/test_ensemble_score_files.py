@@ -407,10 +407,15 @@ def test_a_run_of_some_folds(tmp_path):
     assert ensemble.member_results(data)[0].diverged_folds == (1,)
 
     config = json.loads((run / "config.json").read_text())
+    # A planned fold without scores (a run not finished) is named, not hidden.
     config["folds"] = [0, 1]
     (run / "config.json").write_text(json.dumps(config))
+    with pytest.warns(ensemble.RunWarning, match=r"folds \[0\] of the planned \[0, 1\]"):
+        assert ensemble.load_run(run).missing_folds == (0,)
+    config["folds"] = [0]
+    (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"holds folds \[1\]; config.json's 'folds' says \[0, 1\]"
+        ensemble.ScoreFileError, match=r"holds folds \[1\]; config.json plans folds \[0\]"
     ):
         ensemble.load_run(run)
 

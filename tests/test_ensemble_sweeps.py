@@ -121,7 +121,9 @@ def test_score_file_round_trip_with_hyperparameters(tmp_path):
         hyperparameters=hyperparameters,
     )
     with np.load(path) as archive:
-        assert set(archive.files) == {*ensemble.SCORE_FILE_KEYS, *ensemble.OPTIONAL_KEYS}
+        assert set(archive.files) == {
+            *ensemble.SCORE_FILE_KEYS, "hyperparameter_names", "hyperparameter_values"
+        }
         assert archive["hyperparameter_names"].dtype.kind == "U"
         assert archive["hyperparameter_values"].dtype == np.float64
     read = ensemble.read_score_file(path)
@@ -369,8 +371,9 @@ def test_grid_point_specs_in_both_forms():
     ):
         assert ensemble.parse_ensemble_spec(text).terms == expected, text
     spec = ensemble.parse_ensemble_spec("DGrad[b1=0.9, learning_rate=1e+3](2) + cos1@eps=1e-8:1")
-    assert spec.terms == (("dgrad[b1=0.9,learning_rate=1000]", 2), ("cos1[eps=1e-08]", 1))
-    assert spec.label == "DGrad[b1=0.9,learning_rate=1000](2) + Cos#1[eps=1e-08](1)"
+    # Named in the grid's canonical order (learning_rate before b1), whatever the order given.
+    assert spec.terms == (("dgrad[learning_rate=1000,b1=0.9]", 2), ("cos1[eps=1e-08]", 1))
+    assert spec.label == "DGrad[learning_rate=1000,b1=0.9](2) + Cos#1[eps=1e-08](1)"
     # Two grid points of one optimizer are two terms; the plain group is a third.
     spec = ensemble.parse_ensemble_spec("dgrad@learning_rate=1e-3:3 + DGrad[learning_rate=3e-4](3)")
     assert [term for term, _ in spec.terms] == [

@@ -111,7 +111,7 @@ def _flip_bytes(checkpoint: Path) -> None:
 # when they are collected, in whichever test runs then.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", [_truncate, _remove_state, _flip_bytes])
-def test_a_damaged_checkpoint_is_dropped_and_the_scores_are_unchanged(
+def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
     interrupted, uninterrupted, damage, capsys
 ):
     config = interrupted
@@ -126,8 +126,13 @@ def test_a_damaged_checkpoint_is_dropped_and_the_scores_are_unchanged(
         resume=True,
         on_step=lambda *where: steps.append(where),
     )
-    assert f"checkpoint {checkpoint} cannot be used" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"checkpoint {checkpoint} cannot be used" in error and "moved to" in error
     assert {epoch for _, _, epoch, _ in steps} == {0, 1, 2}  # trained again from scratch
+    # Never deleted: moved aside, named in the message, and kept.
+    (kept,) = (checkpoint.parent.parent / "diffgrad.set-aside").iterdir()
+    assert kept.name.startswith("1-") and str(kept) in error
+    assert (kept / "meta").is_dir()
     np.testing.assert_array_equal(
         load_scores(config.out_dir, 0, "diffgrad")["scores"],
         load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
@@ -195,7 +200,7 @@ def test_a_damaged_score_file_is_trained_again(tmp_path, capsys):
     path.write_bytes((Path(other.run_dir) / "scores" / "fold0" / "sgd.npz").read_bytes())
     train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     error = capsys.readouterr().err
-    assert str(path) in error and "shape" in error
+    assert str(path) in error and "trained with other settings" in error
     np.testing.assert_array_equal(load_scores(finished.run_dir, 0, "sgd")["scores"], original)
 
 

@@ -8,7 +8,8 @@ from trainer_testing import count_backend_compiles, fast_config, load_scores, ru
 
 import ensemble
 import train
-from training.config import grid_points, parse_sweep
+from rundir import grid_points
+from training.config import parse_sweep
 from training.programs import GroupPrograms
 
 # Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
@@ -80,7 +81,7 @@ def test_sweep_flags_and_bad_sweeps(tmp_path, capsys):
                               "--sweep", "b1=0.9,0.8"])  # fmt: skip
     config = train.config_from_args(args)
     assert config.sweep == {"learning_rate": (3e-3, 1e-3), "b1": (0.9, 0.8)}
-    assert grid_points(config) == [
+    assert grid_points(config.sweep) == [
         {"learning_rate": 3e-3, "b1": 0.9}, {"learning_rate": 3e-3, "b1": 0.8},
         {"learning_rate": 1e-3, "b1": 0.9}, {"learning_rate": 1e-3, "b1": 0.8},
     ]  # fmt: skip

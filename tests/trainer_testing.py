@@ -136,6 +136,13 @@ class SharedRuns:
         directory = self.cache.directory(self._name(config, "finished"), make)
         return pickle.loads((directory / "result.pickle").read_bytes())
 
+    def finished_copy(self, tmp_path: Path, name: str = "copy", **overrides) -> train.TrainConfig:
+        """A private copy, at ``tmp_path / name``, of :meth:`finished`'s run; returns the config
+        that resumes or overwrites it."""
+        result = self.finished(**overrides)
+        shutil.copytree(result.run_dir, tmp_path / name)
+        return fast_config(tmp_path, name, **overrides)
+
     def interrupted(self, tmp_path: Path, name: str = "resumed", **overrides) -> train.TrainConfig:
         """A private copy, at ``tmp_path / name``, of the run killed at step 3 of its second
         epoch (after the checkpoint of its first); returns the config that resumes it."""

@@ -22,7 +22,8 @@ from ensembling.score_files import ScoreFileError, read_score_file, write_score_
 from ensembling.specs import grid_point_group
 from ensembling.tables import accuracy_mean_and_std
 from models.pretrained import check_pretrained, preprocessing_for
-from training.config import TrainConfig, grid_points, validate_config
+from rundir import ScoreProvenance, grid_members, grid_points, provenance_mismatch
+from training.config import TrainConfig, validate_config
 from training.fold import Fold, FoldOutcome, GroupRun, StepCallback, train_fold, warn
 from training.members import member_seed
 from training.placement import Placement, describe_placement, resolve_placement
@@ -107,21 +108,42 @@ def _check_weights(config: TrainConfig, num_classes: int) -> None:
     check_pretrained(config.weights, variables, stride_placement=config.stride_placement)
 
 
-def _read_finished(run_dir: RunDirectory, fold: Fold, group: str, members: int):
-    """A finished fold/group's saved scores, or None (with a warning) if it must train again."""
-    path = run_dir.scores_path(fold.index, group)
+def _expected_provenance(group: GroupRun, fold: Fold, digest: str) -> ScoreProvenance:
+    """What a fold/group's score file must say it was trained with."""
+    config = group.config
+    return ScoreProvenance(
+        config_digest=digest,
+        group=group.name,
+        fold=fold.index,
+        member_seeds=np.array(
+            [member_seed(config.seed, group.name, m) for m in group.member_indices], np.int64
+        ),
+        hyperparameter_names=group.programs.spec.swept,
+        hyperparameter_values=group.swept_values,
+    )
+
+
+def _read_finished(run_dir: RunDirectory, dataset: ImageDataset, fold: Fold, group: GroupRun):
+    """A finished fold/group's saved scores, or None (with a warning) if it must train again:
+    the file is missing or damaged, or was not trained with exactly this run's settings,
+    members and grid points on this fold's test split."""
+    path = run_dir.scores_path(fold.index, group.name)
     if not os.path.exists(path):
         return None
     try:
         saved = read_score_file(path)
     except (ScoreFileError, OSError) as error:
-        warn(f"warning: {error}; fold {fold.index} of {group} is trained again")
+        warn(f"warning: {error}; fold {fold.index} of {group.name} is trained again")
         return None
-    expected = (members, len(fold.test_indices))
-    if saved.scores.shape[:2] != expected:
+    problem = provenance_mismatch(
+        saved.provenance, _expected_provenance(group, fold, run_dir.digest)
+    )
+    if problem is None and not np.array_equal(saved.test_indices, fold.test_indices):
+        problem = "its test samples are not this fold's"
+    if problem is not None:
         warn(
-            f"warning: score file {path} holds scores of shape {saved.scores.shape}, expected "
-            f"{expected} + (classes,); fold {fold.index} of {group} is trained again"
+            f"warning: score file {path} is not reused: {problem}; fold {fold.index} of "
+            f"{group.name} is trained again"
         )
         return None
     return FoldOutcome(saved.scores, saved.diverged)
@@ -171,7 +193,7 @@ def train_ensemble(
     folds = select_folds(config, dataset)
     num_classes = len(dataset.class_names)
     normalization = preprocessing_for(config.weights)
-    points = grid_points(config)
+    points = grid_points(config.sweep)
     members = {name: count * len(points) for name, count in config.optimizers.items()}
     placements = {
         name: resolve_placement(
@@ -188,7 +210,8 @@ def train_ensemble(
     train_rows = max(len(fold.train_indices) for fold in folds)
     labels = np.concatenate([dataset.labels[fold.test_indices] for fold in folds])
 
-    with RunDirectory.open(config, resume=resume, overwrite=overwrite) as run_dir:
+    planned_folds = [fold.index for fold in folds]
+    with RunDirectory.open(config, planned_folds, resume=resume, overwrite=overwrite) as run_dir:
         largest = max(members, key=members.get)
         print(describe_placement(placements[largest], config.strategy, config.step_loop))
         total_epochs = len(config.optimizers) * len(folds) * config.epochs
@@ -198,6 +221,7 @@ def train_ensemble(
             started = time.perf_counter()
             spec = ProgramSpec.for_group(config, name, num_classes, placements[name],
                                          normalization)  # fmt: skip
+            member_indices, swept_values = grid_members(config.sweep, per_point)
             group = GroupRun(
                 config,
                 name,
@@ -205,11 +229,8 @@ def train_ensemble(
                 placements[name],
                 build_programs(spec),
                 train_rows,
-                member_indices=tuple(range(per_point)) * len(points),
-                swept_values=np.array(
-                    [[point[k] for k in spec.swept] for point in points for _ in range(per_point)],
-                    np.float32,
-                ).reshape(members[name], len(spec.swept)),
+                member_indices=member_indices,
+                swept_values=swept_values,
             )
             outcomes = []
             for fold in folds:
@@ -235,7 +256,7 @@ def train_ensemble(
 def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutcome:
     """A fold/group's scores: read back when it finished before, else trained and written."""
     config = group.config
-    outcome = _read_finished(run_dir, fold, group.name, group.members) if resume else None
+    outcome = _read_finished(run_dir, dataset, fold, group) if resume else None
     if outcome is not None:
         bar.update(config.epochs)
     else:
@@ -260,6 +281,7 @@ def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutc
                 optimizer=group.name,
                 fold=fold.index,
                 dataset=dataset.name,
+                config_digest=run_dir.digest,
                 **extra,
             )
     if jax.process_index() == 0 and not config.keep_checkpoints:

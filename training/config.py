@@ -8,8 +8,6 @@ program, checkpoint cadence, batching of the evaluation) may change when a run i
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -18,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from data.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, AugmentConfig
-from ensembling.specs import format_hyperparameter
 from models import MODEL_NAMES
+from rundir import SWEEPABLE, canonical_names, format_hyperparameter, grid_points
 from training.optimizers import OPTIMIZER_NAMES, OPTIMIZERS
 from training.placement import MESH_AXES, format_mesh, parse_mesh
 
@@ -71,9 +69,6 @@ def parse_folds(text: str) -> tuple[int, ...]:
     if any(fold < 0 for fold in folds):
         raise ValueError(f"--folds {text!r}: folds are counted from 0")
     return folds
-
-
-SWEEPABLE = ("learning_rate", "b1", "b2", "eps", "weight_decay", "momentum")
 
 
 def parse_sweep(text: str) -> dict[str, tuple[float, ...]]:
@@ -204,6 +199,12 @@ class TrainConfig:
     )
     out_dir: str = _field("runs/default", "the run directory", affects_results=False)
 
+    def __post_init__(self):
+        # One grid member order whatever the order the names were given in (rundir).
+        if isinstance(self.sweep, Mapping):
+            canonical = {name: self.sweep[name] for name in canonical_names(self.sweep)}
+            object.__setattr__(self, "sweep", canonical)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's protocol: ResNet50 fine-tuned at 224x224, batch 30, 20 epochs, lr 1e-3,
@@ -308,22 +309,11 @@ def _validate_sweep(config: TrainConfig) -> None:
                 f"sweep over {name!r}: optimizer {lacking[0]!r} has no hyperparameter {name!r} "
                 f"(it takes {', '.join(OPTIMIZERS[lacking[0]].hyperparameters)})"
             )
-    for point in grid_points(config):  # every value must be valid where it is used
+    for point in grid_points(config.sweep):  # every value must be valid where it is used
         try:
             validate_config(dataclasses.replace(config, sweep=None, **point))
         except ValueError as error:
             raise ValueError(f"sweep point {point}: {error}") from None
-
-
-def grid_points(config: TrainConfig) -> list[dict[str, float]]:
-    """The hyperparameter grid: the product of the sweep's value lists (``[{}]`` without)."""
-    if not config.sweep:
-        return [{}]
-    names = list(config.sweep)
-    return [
-        dict(zip(names, values, strict=True))
-        for values in itertools.product(*(config.sweep[name] for name in names))
-    ]
 
 
 def config_to_json(config: TrainConfig) -> dict[str, Any]:
@@ -340,19 +330,14 @@ def config_to_json(config: TrainConfig) -> dict[str, Any]:
     return values
 
 
-def read_config_json(path: str) -> dict[str, Any]:
-    """A run directory's ``config.json``; ValueError naming the file if it is not a config."""
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the run's config {path!r}: {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path!r} holds {type(values).__name__}, not a JSON object of settings")
-    return values
-
-
 def result_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
-    """The result-affecting fields in which a saved ``config.json`` and ``config`` differ."""
+    """The result-affecting fields in which a saved ``config.json`` and ``config`` differ.
+
+    The plain value of a swept hyperparameter (``learning_rate`` in a learning-rate sweep)
+    reaches no member, so it does not count.
+    """
     current = config_to_json(config)
-    return sorted(name for name in RESULT_FIELDS if saved.get(name) != current[name])
+    swept = set(current["sweep"] or ()) | set(saved.get("sweep") or ())
+    return sorted(
+        name for name in RESULT_FIELDS if name not in swept and saved.get(name) != current[name]
+    )

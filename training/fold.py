@@ -51,7 +51,7 @@ class GroupRun:
       train_rows: rows of the padded training array (the largest fold's training split).
       member_indices: each member's index in a plain run (its keys); a sweep repeats
         ``0 .. n-1`` at each grid point.
-      swept_values: float32 [members, swept hyperparameters], each member's grid point.
+      swept_values: float64 [members, swept hyperparameters], each member's grid point.
     """
 
     config: TrainConfig
@@ -97,6 +97,13 @@ def _fold_data(dataset: ImageDataset, fold: Fold, rows: int, placement: Placemen
         replicate(labels, placement.mesh),
         jnp.asarray(len(fold.train_indices), jnp.int32),
     )
+
+
+def _place_members(tree: Any, placement: Placement) -> Any:
+    """Host arrays with a leading slot axis, laid out as the group's member states are."""
+    if placement.mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    return shard_members(tree, placement.mesh)
 
 
 def _initial_state(group: GroupRun, init_keys: jax.Array) -> Any:
@@ -156,7 +163,9 @@ def train_fold(
     start_epoch, log_rows = 0, []
     last_save = time.monotonic()
     with run_dir.checkpoints(fold.index, group.name) as checkpoints:
-        restored = checkpoints.restore_latest(state, diverged, warn)
+        restored = checkpoints.restore_latest(
+            state, diverged, members, lambda tree: _place_members(tree, placement), warn
+        )
         if restored is not None:
             start_epoch, state, diverged, log_rows = restored
         if progress is not None:
@@ -199,7 +208,7 @@ def train_fold(
             if jax.process_index() == 0:
                 run_dir.write_log(fold.index, group.name, log_rows)
             if _checkpoint_due(config, epoch, time.monotonic() - last_save):
-                checkpoints.save(epoch + 1, state, diverged.copy(), list(log_rows))
+                checkpoints.save(epoch + 1, state, diverged.copy(), list(log_rows), members)
                 last_save = time.monotonic()
             if progress is not None:
                 healthy = loss[:members][~diverged[:members]]

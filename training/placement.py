@@ -27,14 +27,21 @@ DATA_AXIS = "data"  # one member's batch is split over it; gradients and BatchNo
 MESH_AXES = (MEMBER_AXIS, DATA_AXIS)
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-    """Parses ``"member=2,data=4"`` into ``{"member": 2, "data": 4}`` (a missing axis is 1)."""
+def parse_mesh(text: str) -> dict[str, int] | None:
+    """Parses ``"member=2,data=4"`` into ``{"member": 2, "data": 4}`` (a missing axis is 1);
+    ``"auto"`` is None, the mesh :func:`auto_mesh_shape` picks."""
+    if text.strip() == "auto":
+        return None
     shape = {MEMBER_AXIS: 1, DATA_AXIS: 1}
+    given: set[str] = set()
     for item in text.split(","):
         name, equals, size = item.strip().partition("=")
         name = name.strip()
         if name not in MESH_AXES or not equals:
             raise ValueError(f"--mesh {text!r}: expected 'member=M,data=D', got {item.strip()!r}")
+        if name in given:
+            raise ValueError(f"--mesh {text!r}: the {name} axis is given twice")
+        given.add(name)
         try:
             shape[name] = int(size)
         except ValueError:
@@ -156,7 +163,9 @@ def resolve_placement(
     if mesh_shape is not None and strategy in ("vmap", "loop"):
         raise ValueError(f"a mesh needs strategy 'sharded' (or 'auto'), not {strategy!r}")
     if strategy == "auto":
-        strategy = "sharded" if len(devices) > 1 else AUTO_MEMBER_STRATEGY.get(backend, "loop")
+        # A mesh asked for is used (or refused by check_mesh_shape), never dropped.
+        sharded = len(devices) > 1 or mesh_shape is not None
+        strategy = "sharded" if sharded else AUTO_MEMBER_STRATEGY.get(backend, "loop")
     if step_loop == "auto":
         step_loop = AUTO_STEP_LOOP.get(backend, "python")
     if strategy != "sharded":

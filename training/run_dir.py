@@ -1,19 +1,14 @@
-"""The run directory: its layout, checks before anything is written, lock, logs, checkpoints.
+"""The trainer's side of the run directory: checks before anything is written, the lock,
+logs and orbax checkpoints.
 
-Layout (``out_dir``)::
-
-    config.json                     the TrainConfig of the run
-    train.lock                      held by the process that trains into the directory
-    scores/fold{f}/{group}.npz      softmax scores, the input of ensemble.py
-    logs/fold{f}/{group}.csv        per epoch and member: loss, train accuracy, diverged
-    checkpoints/fold{f}/{group}/    orbax checkpoints of an unfinished fold/group
-
-Every file is written atomically (a temporary file, then ``os.replace``), so a kill never
-leaves a truncated file behind. A checkpoint carries a checksum of the member states and
-the log rows up to its epoch; one that cannot be restored or does not match its checksum
-is reported and dropped, and the fold/group trains again from an earlier checkpoint or
-from scratch, which gives the same numbers (every random draw is a function of the seed,
-group, member, fold, epoch and step).
+The contract of the directory (layout, ``config.json`` and its provenance, which directory
+the trainer may empty, atomic writes) is ``rundir``'s; this module applies it. A checkpoint
+carries a checksum of the member states and the log rows up to its epoch; one that cannot be
+restored or does not match its checksum is reported, moved aside (``rundir.set_aside_dir``)
+and kept, and the fold/group trains again from an earlier checkpoint or from scratch, which
+gives the same numbers (every random draw is a function of the seed, group, member, fold,
+epoch and step). A checkpoint written with another number of padding slots (another
+``--mesh``) restores its real members.
 """
 
 from __future__ import annotations
@@ -22,11 +17,12 @@ import contextlib
 import csv
 import fcntl
 import io
-import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -34,31 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from training.config import (
-    TrainConfig,
-    config_to_json,
-    read_config_json,
-    result_differences,
-)
+import rundir
+from rundir import RunDirectoryError
+from training.config import RESULT_FIELDS, TrainConfig, config_to_json, result_differences
 from training.placement import sync_processes, to_host
 
-CONFIG_FILE = "config.json"
-LOCK_FILE = "train.lock"
-TRAINER_ENTRIES = (CONFIG_FILE, LOCK_FILE, "scores", "logs", "checkpoints")
 LOG_FIELDS = ("epoch", "member", "loss", "train_accuracy", "diverged")
-
-
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be used as asked (names the directory and why)."""
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file, so readers see old or new."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.partial"
-    with open(temporary, "w", newline="") as f:
-        f.write(text)
-    os.replace(temporary, path)
 
 
 def _nearest_existing(path: str) -> str:
@@ -67,16 +44,19 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_run_directory(config: TrainConfig, *, resume: bool, overwrite: bool) -> str:
+def check_run_directory(config: TrainConfig, *, resume: bool, overwrite: bool) -> str | None:
     """Checks that the run can write into ``config.out_dir``; writes nothing.
 
     Returns:
-      The absolute path of the run directory.
+      The digest of the run's settings when it resumes (the one its score files carry), else
+      None.
 
     Raises:
       RunDirectoryError: the directory is not writable; holds a run that neither ``resume``
-        nor ``overwrite`` was given for; holds a run whose result-affecting settings differ
-        (``resume``); or holds files the trainer did not write (``overwrite``).
+        nor ``overwrite`` was given for; holds the trainer's entries without a
+        ``config.json`` (it cannot prove it wrote them); ``resume`` finds nothing to resume,
+        a run without provenance, or one whose result-affecting settings differ;
+        ``overwrite`` finds files the trainer did not write.
     """
     path = os.path.abspath(config.out_dir)
     if resume and overwrite:
@@ -84,68 +64,128 @@ def check_run_directory(config: TrainConfig, *, resume: bool, overwrite: bool) -
     existing = _nearest_existing(path)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"output directory {path!r} is not writable ({existing!r})")
-    config_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        return path
-    if overwrite:
-        foreign = sorted(set(os.listdir(path)) - set(TRAINER_ENTRIES))
-        if foreign:
+    has_config = os.path.isfile(os.path.join(path, rundir.CONFIG_FILE))
+    if resume:
+        return _check_resumable(path, config, has_config)
+    if not has_config:
+        ours = rundir.trainer_entries_present(path)
+        if ours:
             raise RunDirectoryError(
-                f"--overwrite removes only what the trainer writes, but {path!r} also holds "
-                f"{foreign}; move them away or choose another --out-dir"
+                f"{path!r} holds {ours} but no {rundir.CONFIG_FILE}, so the trainer cannot "
+                "tell they are a run it wrote: it neither adds to them nor removes them; move "
+                "them away or choose another --out-dir"
             )
-    elif not resume:
+        return None
+    if not overwrite:
         raise RunDirectoryError(
-            f"{path!r} already holds a run (config.json); pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out-dir"
+            f"{path!r} already holds a run ({rundir.CONFIG_FILE}); pass --resume to continue "
+            "it, --overwrite to replace it, or choose another --out-dir"
         )
-    else:
-        saved = read_config_json(config_path)
-        differing = result_differences(saved, config)
-        if differing:
-            current = config_to_json(config)
-            raise RunDirectoryError(
-                f"cannot resume {path!r}: its config.json differs in {differing} (saved "
-                f"{[saved.get(k) for k in differing]}, now {[current[k] for k in differing]})"
-            )
-    return path
+    try:
+        rundir.read_config(path)
+    except RunDirectoryError as error:
+        raise RunDirectoryError(
+            f"--overwrite empties only a run directory the trainer wrote, and {error}"
+        ) from None
+    foreign = rundir.foreign_entries(path)
+    if foreign:
+        raise RunDirectoryError(
+            f"--overwrite removes only what the trainer writes, but {path!r} also holds "
+            f"{foreign}; move them away or choose another --out-dir"
+        )
+    return None
+
+
+def _check_resumable(path: str, config: TrainConfig, has_config: bool) -> str:
+    if not os.path.isdir(path):
+        raise RunDirectoryError(f"nothing to resume at {path!r}: the directory does not exist")
+    if not has_config:
+        raise RunDirectoryError(
+            f"nothing to resume at {path!r}: it has no {rundir.CONFIG_FILE}, which a run "
+            "writes before anything else; without it the settings of what is there are "
+            "unknown. Start a new run (without --resume) in another --out-dir"
+        )
+    saved = rundir.read_config(path)
+    if saved.provenance is None:
+        raise RunDirectoryError(
+            f"cannot resume {path!r}: it was written by a trainer before score files carried "
+            "provenance, so what they were trained with cannot be checked; ensemble.py still "
+            "reads it. Start again with --overwrite or in another --out-dir"
+        )
+    if saved.stale_settings():
+        raise RunDirectoryError(
+            f"cannot resume {path!r}: its {rundir.CONFIG_FILE} was changed after the run "
+            "wrote it (its settings no longer match the digest written with them), so the "
+            "scores and checkpoints there were trained with other settings. Restore the file, "
+            "or start again with --overwrite or in another --out-dir"
+        )
+    differing = result_differences(saved.values, config)
+    if differing:
+        current = config_to_json(config)
+        raise RunDirectoryError(
+            f"cannot resume {path!r}: its {rundir.CONFIG_FILE} differs in {differing} (saved "
+            f"{[saved.values.get(k) for k in differing]}, now "
+            f"{[current[k] for k in differing]})"
+        )
+    return saved.provenance.digest
 
 
 class RunDirectory:
     """An open run directory: holds its lock until :meth:`close` (or the process ends)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, digest: str):
         self.path = path
+        self.digest = digest  # of the settings; every score file of the run carries it
         self._lock: io.TextIOWrapper | None = None
 
     @classmethod
-    def open(cls, config: TrainConfig, *, resume: bool, overwrite: bool) -> RunDirectory:
+    def open(
+        cls,
+        config: TrainConfig,
+        planned_folds: Sequence[int],
+        *,
+        resume: bool,
+        overwrite: bool,
+    ) -> RunDirectory:
         """Checks, locks, clears (``overwrite``) and initialises the run directory."""
-        path = check_run_directory(config, resume=resume, overwrite=overwrite)
+        resumed_digest = check_run_directory(config, resume=resume, overwrite=overwrite)
         # Every process checks the directory as it found it before process 0 changes it;
         # otherwise a slower process would find process 0's new config.json and refuse.
         sync_processes("run directory checked")
-        run_dir = cls(path)
+        path = os.path.abspath(config.out_dir)
+        values = config_to_json(config)
+        digest = resumed_digest or rundir.config_digest(values, RESULT_FIELDS)
+        run_dir = cls(path, digest)
         if jax.process_index() == 0:
             os.makedirs(path, exist_ok=True)
             run_dir._acquire_lock()
             if overwrite:
-                for entry in TRAINER_ENTRIES:
-                    target = os.path.join(path, entry)
-                    if entry == LOCK_FILE or not os.path.exists(target):
-                        continue
-                    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
-            if not os.path.exists(os.path.join(path, CONFIG_FILE)):
-                write_atomically(
-                    os.path.join(path, CONFIG_FILE), json.dumps(config_to_json(config), indent=2)
+                run_dir._remove_previous_run()
+            if resumed_digest is None:
+                rundir.write_atomically(
+                    os.path.join(path, rundir.CONFIG_FILE),
+                    rundir.config_json(values, RESULT_FIELDS, planned_folds),
                 )
         sync_processes("run directory ready")
         return run_dir
 
+    def _remove_previous_run(self) -> None:
+        for entry in rundir.TRAINER_ENTRIES:
+            target = os.path.join(self.path, entry)
+            if entry == rundir.LOCK_FILE or not os.path.exists(target):
+                continue
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        if os.path.exists(os.path.join(self.path, rundir.ENSEMBLE_DIR)):
+            print(
+                f"note: kept {os.path.join(self.path, rundir.ENSEMBLE_DIR)} (ensemble.py's "
+                "tables of the run just replaced); run ensemble.py again to refresh it",
+                file=sys.stderr,
+            )
+
     def _acquire_lock(self) -> None:
         # flock is released by the kernel when its holder exits however it exits, so a lock
         # file left by a dead process is never mistaken for a live holder.
-        lock = open(os.path.join(self.path, LOCK_FILE), "a+")
+        lock = open(os.path.join(self.path, rundir.LOCK_FILE), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -175,13 +215,13 @@ class RunDirectory:
         self.close()
 
     def scores_path(self, fold: int, group: str) -> str:
-        return os.path.join(self.path, "scores", f"fold{fold}", f"{group}.npz")
+        return rundir.scores_path(self.path, fold, group)
 
     def log_path(self, fold: int, group: str) -> str:
-        return os.path.join(self.path, "logs", f"fold{fold}", f"{group}.csv")
+        return rundir.log_path(self.path, fold, group)
 
     def checkpoint_dir(self, fold: int, group: str) -> str:
-        return os.path.join(self.path, "checkpoints", f"fold{fold}", group)
+        return rundir.checkpoint_dir(self.path, fold, group)
 
     def write_log(self, fold: int, group: str, rows: Sequence[dict[str, Any]]) -> None:
         """Replaces a fold/group's CSV log with ``rows``, atomically."""
@@ -189,7 +229,7 @@ class RunDirectory:
         writer = csv.DictWriter(text, fieldnames=LOG_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomically(self.log_path(fold, group), text.getvalue())
+        rundir.write_atomically(self.log_path(fold, group), text.getvalue())
 
     def remove_checkpoints(self, fold: int, group: str) -> None:
         """Deletes a finished fold/group's checkpoints, and the folders they leave empty."""
@@ -202,7 +242,9 @@ class RunDirectory:
     @contextlib.contextmanager
     def checkpoints(self, fold: int, group: str) -> Iterator[FoldCheckpoints]:
         """The checkpoints of one fold/group, closed (saves finished) on any exit."""
-        checkpoints = FoldCheckpoints(self.checkpoint_dir(fold, group))
+        checkpoints = FoldCheckpoints(
+            self.checkpoint_dir(fold, group), rundir.set_aside_dir(self.path, fold, group)
+        )
         try:
             yield checkpoints
         finally:
@@ -235,61 +277,108 @@ def state_checksum(tree: Any) -> jax.Array:
 class FoldCheckpoints:
     """Orbax checkpoints of one fold/group: the member states, divergence and log rows."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, set_aside: str):
         self.directory = directory
+        self.set_aside = set_aside
         self._manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         )
 
-    def save(self, epoch: int, state: Any, diverged: np.ndarray, log_rows: list[dict]) -> None:
-        """Saves the state after ``epoch`` epochs (asynchronously)."""
+    def save(
+        self, epoch: int, state: Any, diverged: np.ndarray, log_rows: list[dict], members: int
+    ) -> None:
+        """Saves the state of every slot after ``epoch`` epochs (asynchronously)."""
         checksum = to_host(state_checksum(state)).tolist()
+        meta = {"checksum": checksum, "log_rows": log_rows, "slots": len(diverged)}
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave({"state": state, "diverged": diverged}),
-                meta=ocp.args.JsonSave({"checksum": checksum, "log_rows": log_rows}),
+                meta=ocp.args.JsonSave({**meta, "members": members}),
             ),
         )
 
     def restore_latest(
-        self, template: Any, diverged: np.ndarray, warn
+        self,
+        template: Any,
+        diverged: np.ndarray,
+        members: int,
+        place: Callable[[Any], Any],
+        warn: Callable[[str], None],
     ) -> tuple[int, Any, np.ndarray, list[dict]] | None:
         """The newest checkpoint that restores and matches its checksum, or None.
 
-        A checkpoint that fails either check is reported through ``warn`` with its path and
-        deleted, and the next older one is tried.
+        ``template`` is the fold/group's initial state of every slot. A checkpoint of another
+        slot count (saved on another mesh) restores its first ``members`` slots, the real
+        members, and takes the padding slots from ``template``; ``place`` lays the combined
+        host arrays out as ``template`` is. A checkpoint that fails is reported through
+        ``warn``, moved to ``set_aside`` and kept, and the next older one is tried.
         """
         for epoch in sorted(self._manager.all_steps(), reverse=True):
-            path = os.path.join(self.directory, str(epoch))
             try:
-                restored = self._manager.restore(
-                    epoch,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore({"state": template, "diverged": diverged}),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-                state = restored["state"]["state"]
-                stored = restored["meta"]["checksum"]
-                if to_host(state_checksum(state)).tolist() != stored:
-                    raise ValueError("its content does not match the checksum saved with it")
+                return self._restore(epoch, template, diverged, members, place)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
-                problem = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                warn(
-                    f"warning: checkpoint {path} cannot be used ({type(error).__name__}: "
-                    f"{problem[:200]}); it is deleted and the fold/group trains again from an "
-                    "earlier point"
-                )
-                try:
-                    self._manager.delete(epoch)
-                except Exception:  # a checkpoint too damaged for orbax to delete
-                    shutil.rmtree(path, ignore_errors=True)
-                    self._manager.reload()
-                continue
-            rows = restored["meta"]["log_rows"]
-            return epoch, state, np.asarray(restored["state"]["diverged"]), rows
+                self._set_aside(epoch, error, warn)
         return None
+
+    def _restore(self, epoch, template, diverged, members, place):
+        meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta["meta"]
+        stored_slots, stored_members = meta["slots"], meta["members"]
+        if stored_members != members:
+            raise ValueError(f"it holds {stored_members} members, the group has {members}")
+        slots = len(diverged)
+        if stored_slots == slots:
+            stored_template, stored_diverged = template, diverged
+        else:  # another mesh padded the members to another slot count: read it to the host
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            stored_template = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(
+                    (stored_slots, *leaf.shape[1:]), leaf.dtype, sharding=device
+                ),
+                template,
+            )
+            stored_diverged = np.zeros(stored_slots, bool)
+        restored = self._manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(
+                    {"state": stored_template, "diverged": stored_diverged}
+                ),
+            ),
+        )
+        state = restored["state"]["state"]
+        if to_host(state_checksum(state)).tolist() != meta["checksum"]:
+            raise ValueError("its content does not match the checksum saved with it")
+        restored_diverged = np.asarray(restored["state"]["diverged"])
+        if stored_slots != slots:
+            padding = jax.tree.map(lambda leaf: to_host(leaf)[members:], template)
+            state = place(
+                jax.tree.map(
+                    lambda leaf, pad: np.concatenate([np.asarray(leaf)[:members], pad]),
+                    state,
+                    padding,
+                )
+            )
+            restored_diverged = np.concatenate(
+                [restored_diverged[:members], np.zeros(slots - members, bool)]
+            )
+        return epoch, state, restored_diverged, meta["log_rows"]
+
+    def _set_aside(self, epoch: int, error: Exception, warn: Callable[[str], None]) -> None:
+        path = os.path.join(self.directory, str(epoch))
+        target = os.path.join(self.set_aside, f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if jax.process_index() == 0:
+            os.makedirs(self.set_aside, exist_ok=True)
+            shutil.move(path, target)
+        sync_processes(f"checkpoint {path} set aside")
+        self._manager.reload()
+        warn(
+            f"warning: checkpoint {path} cannot be used ({type(error).__name__}: "
+            f"{problem[:200]}); it is moved to {target} and kept, and the fold/group trains "
+            "again from an earlier point"
+        )
 
     def close(self) -> None:
         self._manager.wait_until_finished()
