@@ -19,7 +19,7 @@ MODULES = [
 ]
 
 
-@pytest.mark.parametrize("name", MODULES + ["data.augment"])
+@pytest.mark.parametrize("name", MODULES + ["data.augment", "rundir", "ensembling.specs"])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -356,4 +356,3 @@ def test_mesh_flag_forms():
     args = train.build_parser().parse_args(["--mesh", "auto"])
     assert train.config_from_args(args).mesh is None
     assert parse_mesh("data=2") == {"member": 1, "data": 2}
-
