@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 Folds = tuple[tuple[np.ndarray, np.ndarray], ...]
 
@@ -71,6 +71,51 @@ def stratified_k_folds(
         (np.sort(train).astype(np.int64), np.sort(test).astype(np.int64))
         for train, test in splitter.split(np.zeros((len(labels), 1)), labels)
     )
+
+
+def validation_split(
+    train_indices: np.ndarray, labels: np.ndarray, fraction: float, *, seed: int, fold: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Holds out a stratified ``fraction`` of a fold's training split for validation.
+
+    scikit-learn's ``StratifiedShuffleSplit``, seeded by ``(seed, fold)``: the same run seed
+    and fold always hold out the same rows, whatever trains on them.
+
+    Args:
+      train_indices: the fold's training indices into the data set.
+      labels: the data set's labels (all of them).
+      fraction: the share held out, in (0, 1).
+      seed: the run seed.
+      fold: the fold's index.
+
+    Returns:
+      ``(train, validation)``: int64 indices, each sorted, disjoint, together
+      ``train_indices``.
+
+    Raises:
+      ValueError: ``fraction`` not in (0, 1), too few rows to hold one of each class out, or
+        a class left with no training row.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
+    train_indices = np.asarray(train_indices, dtype=np.int64)
+    fold_labels = np.asarray(labels)[train_indices]
+    random_state = int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=random_state)
+    try:
+        (train, validation), = splitter.split(np.zeros((len(train_indices), 1)), fold_labels)
+    except ValueError as error:
+        raise ValueError(
+            f"validation_fraction {fraction}: fold {fold}'s {len(train_indices)} training rows "
+            f"cannot be split by class ({error})"
+        ) from None
+    lost = np.setdiff1d(np.unique(fold_labels), fold_labels[train])
+    if lost.size:
+        raise ValueError(
+            f"validation_fraction {fraction} leaves class(es) {lost.tolist()} of fold {fold} "
+            "with no training row; use a smaller fraction"
+        )
+    return np.sort(train_indices[train]), np.sort(train_indices[validation])
 
 
 def given_folds(fold_ids: np.ndarray) -> Folds:

@@ -61,8 +61,10 @@ class GroupScores(NamedTuple):
       scores: float32 ``[members, n_samples, n_classes]``.
       diverged: bool ``[members, len(folds)]``: the member diverged in that fold.
       member_seeds: int64 ``[members, len(folds)]``.
-      hyperparameters: a grid point's ``(name, value)`` pairs in the score file's order;
-        ``()`` for a group without a sweep.
+      hyperparameters: a grid point's ``(name, value)`` pairs in the grid's order; ``()``
+        for a group without a sweep.
+      validation_scores: per fold (in ``folds`` order), float32 ``[members, n_val, n_classes]``
+        on that fold's held-out validation rows; None for a run without a validation split.
     """
 
     optimizer: str
@@ -71,6 +73,7 @@ class GroupScores(NamedTuple):
     diverged: np.ndarray
     member_seeds: np.ndarray
     hyperparameters: tuple[tuple[str, float], ...] = ()
+    validation_scores: tuple[np.ndarray, ...] | None = None
 
     @property
     def n_members(self) -> int:
@@ -95,6 +98,8 @@ class DatasetScores(NamedTuple):
       groups: the optimizer groups, in the paper's order (``specs.paper_order``).
       run_dirs: the runs merged here.
       missing_folds: planned folds without scores yet (a run not finished), ascending.
+      validation_labels: per fold, int64 ``[n_val]`` labels of the held-out validation rows;
+        None for a run without a validation split (``train.py --validation-fraction``).
     """
 
     dataset: str
@@ -106,6 +111,7 @@ class DatasetScores(NamedTuple):
     groups: dict[str, GroupScores]
     run_dirs: tuple[Path, ...]
     missing_folds: tuple[int, ...] = ()
+    validation_labels: tuple[np.ndarray, ...] | None = None
 
     @property
     def sample_fold_position(self) -> np.ndarray:
@@ -339,6 +345,14 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                         f"({_first_difference(ours, theirs)}); every group of a fold must be "
                         "scored on the same test split"
                     )
+            ours = scores.validation_indices_or_empty
+            theirs = reference.validation_indices_or_empty
+            if ours.shape != theirs.shape or np.any(ours != theirs):
+                raise ScoreFileError(
+                    f"{scores.path} and {reference.path} disagree on 'validation_indices' "
+                    f"({_first_difference(ours, theirs)}); every group of a fold must hold "
+                    "out the same validation rows"
+                )
         folds.append(fold_files)
         fold_points.append(points)
 
@@ -367,6 +381,7 @@ def load_run(run_dir: str | Path) -> DatasetScores:
     def pooled(key: str) -> np.ndarray:
         return np.concatenate([getattr(_first(f), key) for f in folds])
 
+    has_validation = all(_first(f).validation_scores is not None for f in folds)
     groups = {}
     for optimizer in paper_order(configured):
         per_fold = [fold_files[optimizer] for fold_files in folds]
@@ -386,6 +401,11 @@ def load_run(run_dir: str | Path) -> DatasetScores:
                     [f.member_seeds[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
                 ),
                 hyperparameters=pairs,
+                validation_scores=(
+                    tuple(f.validation_scores[s] for f, s in zip(per_fold, slices, strict=True))
+                    if has_validation
+                    else None
+                ),
             )
     return DatasetScores(
         dataset=reference.dataset,
@@ -399,6 +419,9 @@ def load_run(run_dir: str | Path) -> DatasetScores:
         groups=groups,
         run_dirs=(run_dir,),
         missing_folds=missing_folds,
+        validation_labels=(
+            tuple(_first(f).validation_labels for f in folds) if has_validation else None
+        ),
     )
 
 
@@ -435,7 +458,18 @@ def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
             f"{first.groups[optimizer].run_dir} and {second.groups[optimizer].run_dir}"
         )
     merged = {**first.groups, **second.groups}
+    # Validation rows are usable across merged runs only when they held out the same rows.
+    same_validation = (
+        first.validation_labels is not None
+        and second.validation_labels is not None
+        and len(first.validation_labels) == len(second.validation_labels)
+        and all(
+            np.array_equal(a, b)
+            for a, b in zip(first.validation_labels, second.validation_labels, strict=True)
+        )
+    )
     return first._replace(
+        validation_labels=first.validation_labels if same_validation else None,
         groups={name: merged[name] for name in paper_order(merged)},
         run_dirs=first.run_dirs + second.run_dirs,
         missing_folds=tuple(sorted(set(first.missing_folds) | set(second.missing_folds))),

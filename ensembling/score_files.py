@@ -16,6 +16,10 @@ The trainer writes one file per fold and optimizer group with ``write_score_file
     hyperparameter_values  float64 [members, H]  each member's values (finite)
   and, in every file the trainer writes since provenance exists (``rundir``):
     config_digest          0-d str  the digest of the settings the scores were trained with
+  and, only with a validation split (``--validation-fraction``; all three or none):
+    validation_scores      float32 [members, n_val, n_classes]  softmax on held-out rows
+    validation_labels      int64 [n_val]
+    validation_indices     int64 [n_val]  indices into the data set, none a test index
 
 A sweep's members are ordered grid point by grid point (``runs.load_run`` splits them into
 one group per grid point); ``member_seeds`` then repeats from one grid point to the next.
@@ -56,8 +60,10 @@ SCORE_FILE_KEYS = (
 )
 # Keys only a hyperparameter sweep's score files hold; a file holds both or neither.
 HYPERPARAMETER_KEYS = ("hyperparameter_names", "hyperparameter_values")
+# Keys only a run with a validation split writes; a file holds all three or none.
+VALIDATION_KEYS = ("validation_scores", "validation_labels", "validation_indices")
 # Keys a file may lack (older files, hand-written ones).
-OPTIONAL_KEYS = (*HYPERPARAMETER_KEYS, "config_digest")
+OPTIONAL_KEYS = (*HYPERPARAMETER_KEYS, "config_digest", *VALIDATION_KEYS)
 # Softmax scores are float32: rows sum to one within rounding; anything further off is not a
 # probability vector (logits written by mistake, say).
 PROBABILITY_TOLERANCE = 1e-3
@@ -94,6 +100,10 @@ class FoldScores(NamedTuple):
         0]`` for a file without).
       config_digest: the digest of the settings it was trained with (``rundir``); None for
         a file written without provenance.
+      validation_scores: float32 ``[members, n_val, n_classes]`` on the held-out validation
+        rows, or None (no validation split).
+      validation_labels: int64 ``[n_val]`` or None.
+      validation_indices: int64 ``[n_val]`` or None.
     """
 
     path: Path
@@ -109,6 +119,16 @@ class FoldScores(NamedTuple):
     hyperparameter_names: tuple[str, ...] = ()
     hyperparameter_values: np.ndarray | None = None
     config_digest: str | None = None
+    validation_scores: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
+    validation_indices: np.ndarray | None = None
+
+    @property
+    def validation_indices_or_empty(self) -> np.ndarray:
+        """``validation_indices``, or an empty int64 array without a validation split."""
+        if self.validation_indices is None:
+            return np.zeros(0, np.int64)
+        return self.validation_indices
 
     @property
     def provenance(self) -> ScoreProvenance:
@@ -197,23 +217,10 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
         path,
         "'test_indices' must be distinct non-negative indices",
     )
-    for member in np.flatnonzero(~diverged):
-        member_scores = scores[member].astype(np.float64)
-        _expect(
-            bool(np.all(np.isfinite(member_scores))),
-            path,
-            f"member {member} has non-finite scores but is not marked diverged",
-        )
-        row_sums = member_scores.sum(axis=-1)
-        _expect(
-            member_scores.min() >= -PROBABILITY_TOLERANCE
-            and np.abs(row_sums - 1).max() <= PROBABILITY_TOLERANCE,
-            path,
-            f"member {member}'s scores are not softmax probabilities (min "
-            f"{member_scores.min():.4g}, row sums {row_sums.min():.4g}..{row_sums.max():.4g})",
-        )
+    _probability_rows(path, "scores", scores, diverged)
     names, values = _checked_hyperparameters(path, arrays, n_members)
     config_digest = scalar("config_digest", "U", "str") if "config_digest" in arrays else None
+    validation = _checked_validation(path, arrays, diverged, class_names, test_indices)
     return FoldScores(
         path=path,
         scores=scores,
@@ -228,6 +235,83 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
         hyperparameter_names=names,
         hyperparameter_values=values,
         config_digest=config_digest,
+        **validation,
+    )
+
+
+def _probability_rows(path: Path, key: str, scores: np.ndarray, diverged: np.ndarray) -> None:
+    """Every non-diverged member's rows of ``scores`` are finite probability vectors."""
+    for member in np.flatnonzero(~diverged):
+        member_scores = scores[member].astype(np.float64)
+        _expect(
+            bool(np.all(np.isfinite(member_scores))),
+            path,
+            f"member {member} has non-finite {key} but is not marked diverged",
+        )
+        row_sums = member_scores.sum(axis=-1)
+        _expect(
+            member_scores.min() >= -PROBABILITY_TOLERANCE
+            and np.abs(row_sums - 1).max() <= PROBABILITY_TOLERANCE,
+            path,
+            f"member {member}'s {key} are not softmax probabilities (min "
+            f"{member_scores.min():.4g}, row sums {row_sums.min():.4g}..{row_sums.max():.4g})",
+        )
+
+
+def _checked_validation(
+    path: Path,
+    arrays: dict[str, np.ndarray],
+    diverged: np.ndarray,
+    class_names: tuple[str, ...],
+    test_indices: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The optional validation arrays, checked; ``{}`` when the file has none."""
+    present = [key for key in VALIDATION_KEYS if key in arrays]
+    if not present:
+        return {}
+    absent = [key for key in VALIDATION_KEYS if key not in arrays]
+    _expect(
+        not absent,
+        path,
+        f"holds {present} without {absent}; a file with a validation split holds all of "
+        f"{list(VALIDATION_KEYS)}",
+    )
+    scores = arrays["validation_scores"]
+    members, n_classes = len(diverged), len(class_names)
+    _expect(
+        scores.ndim == 3
+        and np.issubdtype(scores.dtype, np.floating)
+        and scores.shape[0] == members
+        and scores.shape[2] == n_classes
+        and scores.shape[1] >= 1,
+        path,
+        f"'validation_scores' must be float [members={members}, n_val >= 1, "
+        f"classes={n_classes}], got {scores.dtype} {scores.shape}",
+    )
+    n_val = scores.shape[1]
+    labels, indices = arrays["validation_labels"], arrays["validation_indices"]
+    for key, array in (("validation_labels", labels), ("validation_indices", indices)):
+        _expect(
+            array.ndim == 1 and array.shape[0] == n_val and array.dtype.kind in "iu",
+            path,
+            f"{key!r} must be integer [{n_val}], got {array.dtype} {array.shape}",
+        )
+    _expect(
+        bool(np.all((labels >= 0) & (labels < n_classes))),
+        path,
+        f"'validation_labels' outside the {n_classes} classes",
+    )
+    _expect(
+        np.unique(indices).size == n_val and not np.intersect1d(indices, test_indices).size,
+        path,
+        "'validation_indices' must be distinct and none of them a test index",
+    )
+    scores = scores.astype(np.float32, copy=False)
+    _probability_rows(path, "validation scores", scores, diverged)
+    return dict(
+        validation_scores=scores,
+        validation_labels=labels.astype(np.int64),
+        validation_indices=indices.astype(np.int64),
     )
 
 
@@ -301,6 +385,15 @@ def _arrays(checked: FoldScores) -> dict[str, np.ndarray]:
             {}
             if checked.config_digest is None
             else {"config_digest": np.asarray(checked.config_digest, dtype=str)}
+        ),
+        **(
+            {}
+            if checked.validation_scores is None
+            else {
+                "validation_scores": checked.validation_scores,
+                "validation_labels": checked.validation_labels,
+                "validation_indices": checked.validation_indices,
+            }
         ),
     }
 
@@ -387,6 +480,7 @@ def write_score_file(
     dataset: str,
     hyperparameters: Mapping[str, Sequence[float]] | None = None,
     config_digest: str | None = None,
+    validation: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Checks and writes one ``{OPTIMIZER}.npz`` score file, atomically.
 
@@ -416,6 +510,8 @@ def write_score_file(
         holds neither key, as before sweeps existed.
       config_digest: the digest of the settings the scores were trained with
         (``rundir.config_digest``); the trainer always gives it.
+      validation: with a validation split, ``{"scores": [members, n_val, classes],
+        "labels": [n_val], "indices": [n_val]}``; stored as the three ``validation_*`` keys.
 
     Returns:
       ``path``.
@@ -440,6 +536,9 @@ def write_score_file(
         arrays.update(_hyperparameter_arrays(path, hyperparameters, len(arrays["scores"])))
     if config_digest is not None:
         arrays["config_digest"] = np.asarray(config_digest, dtype=str)
+    if validation is not None:
+        for key in ("scores", "labels", "indices"):
+            arrays[f"validation_{key}"] = np.asarray(validation[key])
     checked = _checked(path, arrays)
     _expect(
         path.name == os.path.basename(scores_path("", checked.fold, checked.optimizer)),

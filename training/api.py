@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data import ImageDataset, iter_folds, load_dataset
+from data.folds import validation_split
 from ensembling.fusion import sum_rule_accuracy
 from ensembling.score_files import ScoreFileError, read_score_file, write_score_file
 from ensembling.specs import grid_point_group
@@ -70,6 +71,20 @@ def select_folds(config: TrainConfig, dataset: ImageDataset) -> list[Fold]:
         for index, train, test in iter_folds(dataset)
         if config.folds is None or index in config.folds
     ]
+    if config.validation_fraction > 0:
+        folds = [
+            fold._replace(train_indices=train, validation_indices=validation)
+            for fold in folds
+            for train, validation in [
+                validation_split(
+                    fold.train_indices,
+                    dataset.labels,
+                    config.validation_fraction,
+                    seed=config.seed,
+                    fold=fold.index,
+                )
+            ]
+        ]
     if config.folds is not None:
         missing = sorted(set(config.folds) - {fold.index for fold in folds})
         if missing:
@@ -140,13 +155,17 @@ def _read_finished(run_dir: RunDirectory, dataset: ImageDataset, fold: Fold, gro
     )
     if problem is None and not np.array_equal(saved.test_indices, fold.test_indices):
         problem = "its test samples are not this fold's"
+    if problem is None and not np.array_equal(
+        saved.validation_indices_or_empty, fold.validation_indices
+    ):
+        problem = "its validation samples are not this fold's"
     if problem is not None:
         warn(
             f"warning: score file {path} is not reused: {problem}; fold {fold.index} of "
             f"{group.name} is trained again"
         )
         return None
-    return FoldOutcome(saved.scores, saved.diverged)
+    return FoldOutcome(saved.scores, saved.diverged, saved.validation_scores)
 
 
 def train_ensemble(
@@ -268,6 +287,12 @@ def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutc
                 if swept
                 else {}
             )
+            if outcome.validation_scores is not None:
+                extra["validation"] = dict(
+                    scores=outcome.validation_scores,
+                    labels=dataset.labels[fold.validation_indices],
+                    indices=fold.validation_indices,
+                )
             write_score_file(
                 run_dir.scores_path(fold.index, group.name),
                 scores=outcome.scores,

@@ -145,6 +145,12 @@ class TrainConfig:
         append=True,
     )
     seed: int = _field(0, "run seed; every member's keys derive from it, the group and the member")
+    validation_fraction: float = _field(
+        0.0,
+        "hold out this stratified share of each fold's training split (not trained on) and "
+        "write every member's scores on it, for ensemble.py --select and --calibrate (0: the "
+        "paper's protocol)",
+    )
     folds: tuple[int, ...] | None = _field(
         None, "comma-separated 0-based folds to train (default: all)", parse=parse_folds
     )
@@ -243,6 +249,10 @@ def validate_config(config: TrainConfig) -> None:
     _validate_sweep(config)
     if config.model not in MODEL_NAMES:
         raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODEL_NAMES)}")
+    if not 0 <= config.validation_fraction < 1:  # NaN fails too
+        raise ValueError(
+            f"validation_fraction must be in [0, 1), got {config.validation_fraction!r}"
+        )
     for field in ("learning_rate", "b1", "b2", "eps", "momentum", "weight_decay"):
         if not math.isfinite(getattr(config, field)):
             raise ValueError(f"{field} must be a finite number, got {getattr(config, field)!r}")

@@ -31,11 +31,13 @@ StepCallback = Callable[[str, int, int, int], None]
 
 
 class Fold(NamedTuple):
-    """One fold of the data set's protocol: its index and row indices."""
+    """One fold of the data set's protocol: its index and row indices; ``validation_indices``
+    are held out of the training split (``--validation-fraction``), empty without."""
 
     index: int
     train_indices: np.ndarray
     test_indices: np.ndarray
+    validation_indices: np.ndarray = np.zeros(0, np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +77,12 @@ class GroupRun:
 
 
 class FoldOutcome(NamedTuple):
-    """A trained fold/group: softmax scores [members, n_test, classes], bool diverged."""
+    """A trained fold/group: softmax scores [members, n_test, classes], bool diverged, and
+    the scores on the validation rows [members, n_validation, classes] (None without)."""
 
     scores: np.ndarray
     diverged: np.ndarray
+    validation_scores: np.ndarray | None = None
 
 
 def warn(message: str) -> None:
@@ -214,8 +218,10 @@ def train_fold(
                 healthy = loss[:members][~diverged[:members]]
                 progress.set_postfix(loss=f"{healthy.mean():.4f}" if healthy.size else "nan")
                 progress.update(1)
+    # The validation rows ride along in the test set's prediction calls.
+    predicted = np.concatenate([fold.test_indices, fold.validation_indices])
     scores = predict_members(
-        programs, state, dataset.images[fold.test_indices], config.eval_batch_size
+        programs, state, dataset.images[predicted], config.eval_batch_size
     )[:members]
     diverged = diverged[:members]
     # The loss is computed before each update, so a last update that breaks a member shows
@@ -224,4 +230,6 @@ def train_fold(
         warn(f"warning: {group.name} member {m} gives non-finite test scores in fold "
              f"{fold.index}; it is excluded from fusion")  # fmt: skip
         diverged[m] = True
-    return FoldOutcome(scores, diverged)
+    n_test = len(fold.test_indices)
+    validation = scores[:, n_test:] if len(fold.validation_indices) else None
+    return FoldOutcome(scores[:, :n_test], diverged, validation)
