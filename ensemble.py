@@ -65,8 +65,22 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ensembling.fusion import FUSION_RULES, FusedScores, fuse, sum_rule_accuracy
+from ensembling.heldout import (
+    CalibrationRow,
+    MemberPool,
+    SelectedEnsemble,
+    calibrate_ensemble,
+    calibrate_members,
+    greedy_ensemble,
+    member_pool,
+    pool_ensemble,
+    spec_weights,
+)
+from ensembling.intervals import DEFAULT_RESAMPLES, TableIntervals, table_intervals
+from ensembling.logs import load_learning_curves
 from ensembling.metrics import (
     ECE_BINS,
     ClassificationMetrics,
@@ -80,17 +94,22 @@ from ensembling.metrics import (
 from ensembling.plots import (
     cyclic_factors,
     plot_accuracy_vs_size,
+    plot_calibration,
     plot_cyclic_factors,
     plot_hyperparameter_sweep,
+    plot_learning_curves,
     plot_reliability,
     size_curve_label,
     sweep_lines,
 )
 from ensembling.report import (
+    calibration_markdown,
     describe_runs,
+    differences_markdown,
     ensemble_metrics_markdown,
     member_metrics_markdown,
     runs_markdown,
+    selection_markdown,
     sweep_markdown,
     table1_markdown,
     table2_markdown,
@@ -112,6 +131,7 @@ from ensembling.score_files import (
     read_score_file,
     write_score_file,
 )
+from ensembling.selection import OBJECTIVES
 from ensembling.specs import (
     PAPER_NAMES,
     PAPER_TABLE2_ENSEMBLES,
@@ -278,10 +298,170 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-plots",
         action="store_true",
-        help="skip the plots (accuracy_vs_size.png, reliability.png, cyclic_factors.png, and "
-        "hyperparameter_sweep.png for a sweep).",
+        help="skip the plots (accuracy_vs_size.png, reliability.png, cyclic_factors.png, "
+        "learning_curves.png, and hyperparameter_sweep.png for a sweep, calibration.png with "
+        "--calibrate).",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=_positive_int("--bootstrap"),
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="resamples of the test images (within folds, fixed seed) behind every "
+        "accuracy's 95%% interval and every paired difference from the baseline. Default "
+        f"{DEFAULT_RESAMPLES}.",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="SPEC",
+        help="the row every ensemble's difference is taken from (paired bootstrap). Default: "
+        "the most accurate Table 2 row of each data set.",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("greedy",),
+        help="choose an ensemble from every member of the runs (all groups, grid points and "
+        "seeds) by greedy forward selection with replacement on the validation rows, fold by "
+        "fold (needs train.py --validation-fraction); shown beside the whole pool.",
+    )
+    parser.add_argument(
+        "--select-objective",
+        choices=OBJECTIVES,
+        default="nll",
+        help="what --select minimises on the validation rows: nll (default), accuracy (the "
+        "error rate) or brier.",
+    )
+    parser.add_argument(
+        "--select-rounds",
+        type=_positive_int("--select-rounds"),
+        metavar="N",
+        help="at most N picks per fold (default: twice the members); it stops earlier when "
+        "no pick improves the objective.",
+    )
+    parser.add_argument(
+        "--calibrate",
+        choices=("temperature",),
+        help="temperature scaling fitted on the validation rows per fold (needs train.py "
+        "--validation-fraction): one temperature per member and per ensemble; NLL, ECE and "
+        "Brier before and after, calibration.csv and calibration.png.",
     )
     return parser
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be at least 1")
+        return value
+
+    return parse
+
+
+class Evaluation(NamedTuple):
+    """Everything ``ensemble.py`` computes from the runs, before it is printed or written."""
+
+    datasets: dict[str, DatasetScores]
+    members: list[MemberResult]
+    table1_rows: list[Table1Row]
+    table2_entries: list[Table2Entry]
+    sweep_rows: list[SweepRow]
+    pools: dict[str, MemberPool]
+    selected: list[SelectedEnsemble]
+    calibration: list[CalibrationRow]
+    intervals: TableIntervals
+
+
+def evaluate(args: argparse.Namespace, datasets: dict[str, DatasetScores]) -> Evaluation:
+    """Tables 1 and 2, the sweep table, the ensembles chosen and calibrated on validation
+    rows (``--select``, ``--calibrate``) and every row's bootstrap interval."""
+    members = [result for data in datasets.values() for result in member_results(data)]
+    table2_entries = table2(datasets, args.ensembles, args.fusion)
+    pools, selected, calibration = {}, [], []
+    if args.select or args.calibrate:
+        for data in datasets.values():
+            pool = pools[data.dataset] = member_pool(data)
+            chosen = (
+                [greedy_ensemble(data, args.select_objective, args.select_rounds),
+                 pool_ensemble(data)]  # fmt: skip
+                if args.select
+                else []
+            )
+            selected += chosen
+            if args.calibrate:
+                calibration += [
+                    calibrate_ensemble(data, pool, e.spec.label, spec_weights(data, pool, e.spec))
+                    for e in table2_entries
+                    if e.dataset == data.dataset and e.result is not None
+                ]
+                calibration += [calibrate_ensemble(data, pool, e.label, e.weights) for e in chosen]
+                calibration += calibrate_members(data, pool)
+    baseline = parse_ensemble_spec(args.baseline) if args.baseline else None
+    intervals = table_intervals(
+        datasets,
+        table2_entries,
+        selected,
+        n_resamples=args.bootstrap,
+        baseline=baseline,
+        rule=args.fusion,
+    )
+    return Evaluation(
+        datasets=datasets,
+        members=members,
+        table1_rows=table1(members),
+        table2_entries=table2_entries,
+        sweep_rows=sweep_table(datasets, members, args.fusion),
+        pools=pools,
+        selected=selected,
+        calibration=calibration,
+        intervals=intervals,
+    )
+
+
+def markdown_report(args: argparse.Namespace, e: Evaluation) -> str:
+    """The tables as Markdown, as printed and written to ``tables.md``."""
+    level = f"{e.intervals.level:.0%}"
+    sections = [
+        "## Runs",
+        runs_markdown(e.datasets),
+        f"## Table 1: stand-alone accuracy (%), mean ± std over members [{level} bootstrap "
+        "interval of the mean]",
+        table1_markdown(e.table1_rows, e.intervals),
+        "## Stand-alone metrics, mean over members (diverged members left out)",
+        member_metrics_markdown(e.members),
+        f"## Table 2: fused accuracy (%), {args.fusion} rule [{level} bootstrap interval] "
+        "(†n: n member-folds left out as diverged)",
+        table2_markdown(e.table2_entries, e.intervals),
+        "## Ensemble metrics",
+        ensemble_metrics_markdown(e.table2_entries),
+    ]
+    if e.selected:
+        sections += [
+            "## Ensembles chosen on validation rows (the test folds only measure them) "
+            f"[{level} bootstrap interval]",
+            selection_markdown(e.selected, e.pools, e.datasets, e.intervals),
+        ]
+    sections += [
+        f"## Difference from the baseline (paired bootstrap, {e.intervals.n_resamples} "
+        "resamples of the test images within folds; * the interval excludes 0)",
+        differences_markdown(e.intervals),
+    ]
+    if e.calibration:
+        sections += [
+            "## Temperature scaling, fitted on validation rows per fold: test metrics "
+            "before → after",
+            calibration_markdown(e.calibration),
+        ]
+    if e.sweep_rows:
+        sections += [
+            "## Hyperparameter sweep: accuracy (%) per grid point, stand-alone mean ± std "
+            "over members and fused",
+            sweep_markdown(e.sweep_rows, args.fusion),
+        ]
+    return "\n\n".join(sections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,71 +480,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets = load_runs(args.run_dirs)
         for warning in caught:
             print(f"ensemble.py: warning: {warning.message}", file=sys.stderr)
-        members = [result for data in datasets.values() for result in member_results(data)]
-        table1_rows = table1(members)
-        table2_entries = table2(datasets, args.ensembles, args.fusion)
-        sweep_rows = sweep_table(datasets, members, args.fusion)
+        evaluation = evaluate(args, datasets)
     except (ScoreFileError, EnsembleSpecError) as error:
         parser.exit(1, f"ensemble.py: error: {error}\n")
-
-    markdown = "\n\n".join(
-        [
-            "## Runs",
-            runs_markdown(datasets),
-            "## Table 1: stand-alone accuracy (%), mean ± std over members",
-            table1_markdown(table1_rows),
-            "## Stand-alone metrics, mean over members (diverged members left out)",
-            member_metrics_markdown(members),
-            f"## Table 2: fused accuracy (%), {args.fusion} rule "
-            "(†n: n member-folds left out as diverged)",
-            table2_markdown(table2_entries),
-            "## Ensemble metrics",
-            ensemble_metrics_markdown(table2_entries),
-        ]
-    )
-    if sweep_rows:
-        markdown += "\n\n".join(
-            [
-                "",
-                "## Hyperparameter sweep: accuracy (%) per grid point, stand-alone mean ± std "
-                "over members and fused",
-                sweep_markdown(sweep_rows, args.fusion),
-            ]
-        )
+    markdown = markdown_report(args, evaluation)
     print(markdown)
     try:
-        written = _write_outputs(args, datasets, members, table1_rows, table2_entries, markdown,
-                                 sweep_rows)  # fmt: skip
+        written = _write_outputs(args, evaluation, markdown)
     except OSError as error:
         parser.exit(1, f"ensemble.py: error: {describe_os_error(error)}\n")
     print("\nwrote " + ", ".join(str(path) for path in written), file=sys.stderr)
     return 0
 
 
-def _write_outputs(args, datasets, members, table1_rows, table2_entries, markdown, sweep_rows):
+def _write_outputs(args: argparse.Namespace, e: Evaluation, markdown: str) -> list[Path]:
     """Writes the tables and, unless ``--no-plots``, the plots; returns the files written."""
+    datasets = e.datasets
     written = write_tables(
         args.out,
         datasets,
-        members,
-        table1_rows,
-        table2_entries,
+        e.members,
+        e.table1_rows,
+        e.table2_entries,
         markdown,
-        sweep_rows,
+        e.sweep_rows,
         args.fusion,
+        intervals=e.intervals,
+        selected=e.selected,
+        pools=e.pools,
+        calibration=e.calibration,
     )
-    if not args.no_plots:
-        written += [
-            plot_accuracy_vs_size(datasets, args.out / "accuracy_vs_size.png", args.fusion),
-            plot_reliability(datasets, args.out / "reliability.png", args.fusion),
-            plot_cyclic_factors(args.out / "cyclic_factors.png"),
-        ]
-        if sweep_rows:
-            written.append(
-                plot_hyperparameter_sweep(
-                    sweep_rows, args.out / "hyperparameter_sweep.png", args.fusion
-                )
+    if args.no_plots:
+        return written
+    written += [
+        plot_accuracy_vs_size(datasets, args.out / "accuracy_vs_size.png", args.fusion),
+        plot_reliability(datasets, args.out / "reliability.png", args.fusion),
+        plot_cyclic_factors(args.out / "cyclic_factors.png"),
+    ]
+    if e.sweep_rows:
+        written.append(
+            plot_hyperparameter_sweep(
+                e.sweep_rows, args.out / "hyperparameter_sweep.png", args.fusion
             )
+        )
+    if e.calibration:
+        written.append(plot_calibration(e.calibration, args.out / "calibration.png"))
+    for run_dir in args.run_dirs:
+        curves = load_learning_curves(run_dir)
+        if curves:
+            name = "learning_curves.png" if len(args.run_dirs) == 1 else (
+                f"learning_curves_{run_dir.name}.png"
+            )  # fmt: skip
+            written.append(plot_learning_curves(curves, args.out / name))
     return written
 
 

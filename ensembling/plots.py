@@ -1,15 +1,18 @@
-"""Plots: accuracy against ensemble size, reliability diagrams, hyperparameter sweeps, the
-paper's Figure 1.
+"""Plots: accuracy against ensemble size, reliability diagrams, hyperparameter sweeps,
+learning curves, the paper's Figure 1.
 
 matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, so importing
 this in a notebook changes nothing.
 """
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ensembling.heldout import CalibrationRow
+from ensembling.logs import LearningCurves
 from ensembling.metrics import ECE_BINS, reliability_curve
 from ensembling.runs import DatasetScores
 from ensembling.specs import EnsembleSpec, display_name, format_hyperparameter
@@ -262,5 +265,87 @@ def plot_cyclic_factors(path: str | Path, n_steps: int = 60, period: int = 30) -
     axis.set(xlabel="step t", title=f"cyclic factors, period {period}")
     axis.grid(alpha=0.3)
     figure.legend(loc="outside lower center", ncols=2)
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def plot_learning_curves(curves: Mapping[str, LearningCurves], path: str | Path) -> Path:
+    """Training loss (top) and accuracy (bottom) per epoch, one column per group.
+
+    Each member of each fold is a thin line, the mean over the members that had not diverged
+    is bold, and a member's last finite epoch before it diverged is marked with an ``x``: the
+    Adam variants' instability, and how the members of a group differ, can be seen.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * len(curves) + 0.8, 5.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, len(curves), squeeze=False, sharex="col")
+    for column, (group, curve) in enumerate(curves.items()):
+        epochs = np.arange(1, curve.loss.shape[-1] + 1)
+        for row, (values, label) in enumerate(
+            ((curve.loss, "training loss"), (curve.accuracy, "training accuracy"))
+        ):
+            axis = axes[row, column]
+            lines = values.reshape(-1, len(epochs))
+            broken = curve.diverged.reshape(-1, len(epochs))
+            color = f"C{column % 10}"
+            for line, diverged in zip(lines, broken, strict=True):
+                axis.plot(epochs, np.where(diverged, np.nan, line), color=color, lw=0.6, alpha=0.4)
+                if diverged.any():
+                    finite = np.flatnonzero(~diverged & np.isfinite(line))
+                    last = finite[-1] if finite.size else 0
+                    axis.plot(epochs[last], line[last] if finite.size else np.nan,
+                              marker="x", color="black", ms=6)  # fmt: skip
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an epoch with no member left
+                mean = np.nanmean(np.where(broken, np.nan, lines), axis=0)
+            axis.plot(epochs, mean, color=color, lw=2.2, label="mean")
+            axis.grid(alpha=0.3)
+            if row == 0:
+                diverged_members = int(broken.any(axis=1).sum())
+                title = display_name(group)
+                if diverged_members:
+                    title += f" ({diverged_members} diverged, x)"
+                axis.set_title(title, fontsize="small")
+                if curve.loss[np.isfinite(curve.loss)].min(initial=1.0) > 0:
+                    axis.set_yscale("log")
+            else:
+                axis.set_xlabel("epoch")
+            if column == 0:
+                axis.set_ylabel(label)
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def plot_calibration(rows: Sequence[CalibrationRow], path: str | Path, n_bins: int = ECE_BINS):
+    """Reliability diagram of each ensemble before and after temperature scaling, one panel
+    per ensemble (``heldout.calibrate_ensemble``'s rows; member rows are skipped)."""
+    rows = [row for row in rows if row.kind == "ensemble"]
+    columns = min(4, max(1, len(rows)))
+    grid_rows = -(-len(rows) // columns)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * columns + 0.6, 3.2 * grid_rows + 0.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
+    for axis, row in zip(axes, rows, strict=False):
+        axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
+        for probabilities, metrics, label in (
+            (row.probabilities_before, row.before, "before"),
+            (row.probabilities_after, row.after, "after"),
+        ):
+            curve = reliability_curve(probabilities, row.labels, n_bins)
+            filled = curve.count > 0
+            axis.plot(curve.confidence[filled], curve.accuracy[filled], marker="o", ms=3,
+                      label=f"{label}: ECE {metrics.ece:.3f}, NLL {metrics.nll:.3f}")  # fmt: skip
+        axis.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="confidence")
+        axis.set_title(f"{row.dataset}: {row.name}", fontsize="small")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    for axis in axes[len(rows) :]:
+        axis.set_visible(False)
     figure.savefig(path, dpi=90)
     return Path(path)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensembling.heldout import CalibrationRow, MemberPool, SelectedEnsemble
+from ensembling.intervals import TableIntervals
 from ensembling.metrics import ClassificationMetrics
 from ensembling.runs import DatasetScores
 from ensembling.specs import display_name, format_hyperparameter, paper_order
@@ -20,6 +22,17 @@ from ensembling.tables import MemberResult, SweepRow, Table1Row, Table2Entry
 
 def _percent(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _interval(interval) -> str:
+    """``[95.10, 97.90]`` in percent; empty without an interval."""
+    if interval is None:
+        return ""
+    return f" [{_percent(interval.low)}, {_percent(interval.high)}]"
+
+
+def _signed_percent(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:+.2f}"
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -75,8 +88,9 @@ def runs_markdown(datasets: Mapping[str, DatasetScores]) -> str:
     return _markdown(header, body)
 
 
-def table1_markdown(rows: Sequence[Table1Row]) -> str:
-    """Table 1 as Markdown: accuracy (%) mean ± std per optimizer (rows) and data set."""
+def table1_markdown(rows: Sequence[Table1Row], intervals: TableIntervals | None = None) -> str:
+    """Table 1 as Markdown: accuracy (%) mean ± std per optimizer (rows) and data set, and
+    with ``intervals`` the bootstrap interval of the mean in brackets."""
     datasets = list(dict.fromkeys(row.dataset for row in rows))
     cells = {(row.optimizer, row.dataset): row for row in rows}
     body = []
@@ -88,6 +102,8 @@ def table1_markdown(rows: Sequence[Table1Row]) -> str:
                 line.append("")
                 continue
             cell = f"{_percent(row.accuracy_mean)} ± {_percent(row.accuracy_std)}"
+            if intervals is not None:
+                cell += _interval(intervals.table1.get((dataset, optimizer)))
             if row.diverged_members:
                 noun = "member" if len(row.diverged_members) == 1 else "members"
                 cell += (
@@ -126,8 +142,9 @@ def member_metrics_markdown(members: Sequence[MemberResult]) -> str:
     return _markdown(header, body)
 
 
-def table2_markdown(entries: Sequence[Table2Entry]) -> str:
-    """Table 2 as Markdown: fused accuracy (%) per ensemble (rows) and data set.
+def table2_markdown(entries: Sequence[Table2Entry], intervals: TableIntervals | None = None) -> str:
+    """Table 2 as Markdown: fused accuracy (%) per ensemble (rows) and data set, and with
+    ``intervals`` the bootstrap interval in brackets.
 
     Only the ensembles that some data set can serve are rows; the others (default rows the
     runs lack the members for) are named in one line under the table, their reasons being in
@@ -150,6 +167,8 @@ def table2_markdown(entries: Sequence[Table2Entry]) -> str:
                 notes.append(f"- n/a ({entry.dataset}): {entry.unavailable}")
             else:
                 cell = _percent(entry.result.metrics.accuracy)
+                if intervals is not None:
+                    cell += _interval(intervals.ensembles.get((entry.dataset, spec.label)))
                 if entry.result.left_out:
                     cell += f" †{len(entry.result.left_out)}"
                 line.append(cell)
@@ -160,6 +179,93 @@ def table2_markdown(entries: Sequence[Table2Entry]) -> str:
         )
     table = _markdown(["Ensemble", *datasets], body)
     return "\n".join([table, "", *notes]) if notes else table
+
+
+def differences_markdown(intervals: TableIntervals) -> str:
+    """Each ensemble's accuracy minus its data set's baseline row, with the paired
+    bootstrap interval (percentage points); ``*`` marks an interval that excludes 0."""
+    body = []
+    for (dataset, label), difference in intervals.differences.items():
+        if label == difference.baseline:
+            continue
+        low, high = difference.interval
+        excludes_zero = low > 0 or high < 0
+        body.append(
+            [
+                dataset,
+                label,
+                difference.baseline,
+                _signed_percent(difference.difference) + (" *" if excludes_zero else ""),
+                f"[{_signed_percent(low)}, {_signed_percent(high)}]",
+            ]
+        )
+    header = ["Data set", "Ensemble", "Baseline", "Δ acc (pp)", f"{intervals.level:.0%} interval"]
+    return _markdown(header, body)
+
+
+def selection_markdown(
+    selected: Sequence[SelectedEnsemble],
+    pools: Mapping[str, MemberPool],
+    datasets: Mapping[str, DatasetScores],
+    intervals: TableIntervals | None = None,
+) -> str:
+    """The ensembles chosen on validation rows: test metrics, interval, members per fold."""
+    body = []
+    for ensemble in selected:
+        metrics = ensemble.metrics
+        folds = datasets[ensemble.dataset].folds
+        interval = (
+            intervals.ensembles.get((ensemble.dataset, ensemble.label)) if intervals else None
+        )
+        members = (
+            ensemble.multiset(pools[ensemble.dataset], folds)
+            if ensemble.selections is not None
+            else f"{int(ensemble.weights[0].sum())} members (every one not diverged)"
+        )
+        body.append(
+            [
+                ensemble.dataset,
+                ensemble.label,
+                _percent(metrics.accuracy) + _interval(interval),
+                f"{metrics.nll:.4f}",
+                f"{metrics.ece:.4f}",
+                f"{metrics.brier:.4f}",
+                members,
+            ]
+        )
+    header = ["Data set", "Ensemble", "Acc %", "NLL", "ECE", "Brier", "Members (per fold)"]
+    return _markdown(header, body)
+
+
+def calibration_markdown(rows: Sequence[CalibrationRow]) -> str:
+    """Ensembles, and each group's members on average, before and after temperature scaling."""
+    body = []
+    by_group: dict[tuple[str, str], list[CalibrationRow]] = {}
+    for row in rows:
+        if row.kind == "member":
+            by_group.setdefault((row.dataset, row.name.split("#")[0]), []).append(row)
+            continue
+        body.append(_calibration_line(row.dataset, row.name, [row]))
+    for (dataset, group), members in by_group.items():
+        body.append(
+            _calibration_line(dataset, f"{group} members (mean of {len(members)})", members)
+        )
+    header = ["Data set", "Ensemble", "T (per fold)", "NLL", "ECE", "Brier"]
+    return _markdown(header, body)
+
+
+def _calibration_line(dataset: str, name: str, rows: Sequence[CalibrationRow]) -> list[str]:
+    def change(metric: str) -> str:
+        before = np.mean([getattr(r.before, metric) for r in rows])
+        after = np.mean([getattr(r.after, metric) for r in rows])
+        return f"{before:.4f} → {after:.4f}"
+
+    temperatures = (
+        " ".join(f"{t:.2f}" for t in rows[0].temperatures)
+        if len(rows) == 1
+        else f"{np.mean([r.temperatures for r in rows]):.2f} (mean)"
+    )
+    return [dataset, name, temperatures, change("nll"), change("ece"), change("brier")]
 
 
 def ensemble_metrics_markdown(entries: Sequence[Table2Entry]) -> str:
@@ -236,6 +342,25 @@ def _finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _interval_columns(interval, prefix: str = "accuracy") -> dict[str, float | None]:
+    if interval is None:
+        return {f"{prefix}_ci_low": None, f"{prefix}_ci_high": None}
+    return {
+        f"{prefix}_ci_low": _finite_or_none(interval.low),
+        f"{prefix}_ci_high": _finite_or_none(interval.high),
+    }
+
+
+def _row_intervals(intervals: TableIntervals, dataset: str, label: str) -> dict:
+    difference = intervals.differences.get((dataset, label))
+    return {
+        **_interval_columns(intervals.ensembles.get((dataset, label))),
+        "baseline": difference.baseline if difference else None,
+        "difference": difference.difference if difference else None,
+        **_interval_columns(difference.interval if difference else None, "difference"),
+    }
+
+
 def write_tables(
     out_dir: str | Path,
     datasets: Mapping[str, DatasetScores],
@@ -245,6 +370,11 @@ def write_tables(
     markdown: str,
     sweep_rows: Sequence[SweepRow] = (),
     rule: str = "sum",
+    *,
+    intervals: TableIntervals | None = None,
+    selected: Sequence[SelectedEnsemble] = (),
+    pools: Mapping[str, MemberPool] | None = None,
+    calibration: Sequence[CalibrationRow] = (),
 ) -> list[Path]:
     """Writes ``members.csv``, ``table1.csv``, ``table2.csv``, ``report.json``, ``tables.md``.
 
@@ -253,6 +383,12 @@ def write_tables(
     ``sweep_rows`` (some run has a hyperparameter sweep) it also writes ``sweep.csv`` (one
     column per swept hyperparameter; ``rule`` is its fusion column) and ``report.json`` gets
     a ``"sweep"`` list; without, the files are exactly those of a run without sweeps.
+
+    With ``intervals`` (``intervals.table_intervals``) the Table 1 and 2 rows get
+    ``accuracy_ci_low``/``accuracy_ci_high``, Table 2's also ``baseline``, ``difference`` and
+    ``difference_ci_low``/``difference_ci_high``. ``selected`` ensembles (with their
+    ``pools``) go to ``selection.csv``, ``calibration`` rows to ``calibration.csv``, and both
+    to ``report.json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,6 +413,11 @@ def write_tables(
             "diverged_members": " ".join(map(str, r.diverged_members)),
             "accuracy_mean": _finite_or_none(r.accuracy_mean),
             "accuracy_std": _finite_or_none(r.accuracy_std),
+            **(
+                _interval_columns(intervals.table1.get((r.dataset, r.optimizer)))
+                if intervals
+                else {}
+            ),
         }
         for r in table1_rows
     ]
@@ -294,8 +435,35 @@ def write_tables(
                 **{k: (getattr(result.metrics, k) if result else None) for k in metric_names},
                 "diversity": _finite_or_none(result.diversity) if result else None,
                 "unavailable": entry.unavailable,
+                **(_row_intervals(intervals, entry.dataset, entry.spec.label) if intervals else {}),
             }
         )
+    selection_dicts = [
+        {
+            "dataset": e.dataset,
+            "ensemble": e.label,
+            **{k: getattr(e.metrics, k) for k in metric_names},
+            **(_row_intervals(intervals, e.dataset, e.label) if intervals else {}),
+            "members": (
+                e.multiset(pools[e.dataset], datasets[e.dataset].folds)
+                if e.selections is not None and pools
+                else "all not diverged"
+            ),
+        }
+        for e in selected
+    ]
+    calibration_dicts = [
+        {
+            "dataset": r.dataset,
+            "kind": r.kind,
+            "name": r.name,
+            "temperatures": " ".join(f"{t:.6g}" for t in r.temperatures),
+            "accuracy": r.after.accuracy,
+            **{f"{k}_before": getattr(r.before, k) for k in ("nll", "ece", "brier")},
+            **{f"{k}_after": getattr(r.after, k) for k in ("nll", "ece", "brier")},
+        }
+        for r in calibration
+    ]
     names = sweep_names(sweep_rows)
     sweep_dicts = [
         {
@@ -320,6 +488,10 @@ def write_tables(
     ]
     if sweep_dicts:
         tables.append(("sweep.csv", sweep_dicts))
+    if selection_dicts:
+        tables.append(("selection.csv", selection_dicts))
+    if calibration_dicts:
+        tables.append(("calibration.csv", calibration_dicts))
     paths = []
     for name, rows in tables:
         path = out_dir / name
@@ -334,6 +506,19 @@ def write_tables(
         "table1": table1_dicts,
         "table2": table2_dicts,
         **({"sweep": sweep_dicts} if sweep_dicts else {}),
+        **({"selection": selection_dicts} if selection_dicts else {}),
+        **({"calibration": calibration_dicts} if calibration_dicts else {}),
+        **(
+            {
+                "bootstrap": {
+                    "resamples": intervals.n_resamples,
+                    "level": intervals.level,
+                    "baselines": intervals.baselines,
+                }
+            }  # fmt: skip
+            if intervals
+            else {}
+        ),
     }
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")

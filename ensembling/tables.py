@@ -121,7 +121,7 @@ def resolve_group(data: DatasetScores, group: str, label: str | None = None) -> 
     raise EnsembleSpecError(f"{label}: {problem}")
 
 
-def _resolved(data: DatasetScores, spec: EnsembleSpec) -> EnsembleSpec:
+def resolve_spec(data: DatasetScores, spec: EnsembleSpec) -> EnsembleSpec:
     """``spec`` with its terms named as ``data``'s groups, checked against them."""
     terms = []
     for optimizer, count in spec.terms:
@@ -144,7 +144,7 @@ def evaluate_ensemble(data: DatasetScores, spec: EnsembleSpec, rule: str = "sum"
       EnsembleSpecError: if a group is missing or has fewer members than asked for, or if
         every member of the ensemble diverged in some fold.
     """
-    spec = _resolved(data, spec)
+    spec = resolve_spec(data, spec)
     fold = unfusable_fold(data, spec)
     if fold is not None:
         raise EnsembleSpecError(
@@ -344,7 +344,7 @@ def unfusable_fold(data: DatasetScores, spec: EnsembleSpec) -> int | None:
     Raises:
       EnsembleSpecError: if a group is missing or has fewer members than asked for.
     """
-    spec = _resolved(data, spec)
+    spec = resolve_spec(data, spec)
     diverged_everywhere = np.ones(len(data.folds), dtype=bool)
     for optimizer, count in spec.terms:
         diverged_everywhere &= data.groups[optimizer].diverged[:count].all(axis=0)

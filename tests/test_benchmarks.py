@@ -176,3 +176,16 @@ def test_cpu_suite_smoke(tmp_path):
     (paper_row,) = report["paper"]["rows"]  # the separate paper-protocol row
     assert _finite(paper_row["xla_flops_per_image"]) and _finite(paper_row["mfu_matmul"])
     assert paper_row["mfu_datasheet"] is None  # no data-sheet peak for a CPU
+
+
+def test_ensemble_statistics_smoke(tmp_path):
+    output = tmp_path / "statistics.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ensemble_statistics.py"), "--members", "14",
+         "--folds", "2", "--images", "60", "--classes", "3", "--bootstrap", "50",
+         "--out", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    timings = json.loads(output.read_text())
+    assert "total:" in result.stdout and timings

@@ -636,7 +636,9 @@ def test_cli_without_a_sweep_writes_no_sweep_output(tmp_path, capsys):
 
 
 # The output of a run without a sweep as it was before sweeps existed, with the run directory
-# written {RUN} (commit 205b0b4); compared as text so that a difference shows as a diff.
+# written {RUN} (commit 205b0b4), plus what was added since and only added: the runs' missing
+# folds, and the bootstrap intervals and differences from the baseline (2000 resamples, seed
+# 0). Compared as text so that a difference shows as a diff.
 GOLDEN = Path(__file__).parent / "golden" / "run_without_sweep"
 
 
