@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 from trainer_testing import count_backend_compiles, fast_config, load_scores, run, small_digits
@@ -10,7 +12,7 @@ import ensemble
 import train
 from rundir import grid_points
 from training.config import parse_sweep
-from training.programs import GroupPrograms
+from training.programs import GroupPrograms, model_programs
 
 # Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
 COMMON = dict(optimizers={"dgrad": 2}, folds=(1,), epochs=1, augment="paper")
@@ -101,3 +103,22 @@ def test_sweep_flags_and_bad_sweeps(tmp_path, capsys):
         assert not (tmp_path / "bad").exists()
     assert train.main(["--sweep", "learning_rate=1e-3", "--sweep", "learning_rate=2e-3"]) == 2
     assert "names ['learning_rate'] twice" in capsys.readouterr().err
+
+
+def test_every_group_of_a_run_shares_the_networks_init_and_predict(tmp_path):
+    """The network's programs do not depend on the optimizer: seven groups compile each once.
+
+    The train step still compiles once per group (it holds the group's optimizer), so a
+    seven-group run compiles seven steps; see docs/performance.md, "Compile time".
+    """
+    names = ("sgd", "adam", "amsgrad", "diffgrad", "dgrad", "cos1", "cos2")
+    config = fast_config(tmp_path, optimizers={name: 1 for name in names}, folds=(0,),
+                         epochs=1)  # fmt: skip
+    model_programs.cache_clear()  # programs of earlier tests in this process would be reused
+    with count_backend_compiles() as compiled:
+        train.train_ensemble(config, dataset=small_digits(), progress=False,
+                             build_programs=GroupPrograms)  # fmt: skip
+    counted = collections.Counter(compiled)
+    assert counted["jit(_member_variables)"] == 1
+    assert counted["jit(_member_predict_over_members)"] == 1
+    assert counted["jit(_member_step_over_members)"] == len(names)

@@ -45,6 +45,13 @@ EPOCH_AXES = (0, 0, 0, 0, None)
 STEP_OUT_SPECS = (P(MEMBER_AXIS), P(MEMBER_AXIS))
 
 
+def local_slice(batch: jax.Array, data_parallel: int) -> jax.Array:
+    """This device's equal share of ``batch`` along the mesh's data axis."""
+    size = batch.shape[0] // data_parallel
+    start = jax.lax.axis_index(DATA_AXIS) * size
+    return jax.lax.dynamic_slice_in_dim(batch, start, size)
+
+
 class GroupData(NamedTuple):
     """A fold's arrays on the device, padded to the largest fold so one program fits all."""
 
@@ -84,6 +91,14 @@ class ProgramSpec:
     inner_strategy: str
     mesh: Mesh | None
     scan_unroll: int
+
+    def model_only(self) -> ProgramSpec:
+        """This spec without what only the train step uses (optimizer, batch, augmentation):
+        the key of the programs every group of a run shares."""
+        return dataclasses.replace(
+            self, optimizer="", hyperparameters=(), swept=(), batch_size=0, augment="",
+            scan_unroll=0,
+        )  # fmt: skip
 
     @property
     def data_parallel(self) -> int:
@@ -139,22 +154,17 @@ class GroupPrograms:
         self.tx = make_optimizer(spec.optimizer, dict(spec.hyperparameters), spec.swept)
         self._augmentation = AUGMENTATIONS[spec.augment]
         self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
-        self._predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
         self.member_sharding = (
             jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh is not None else None
         )
-        # One member's init, compiled once and called per key: a vmapped init compiles the
-        # forward pass as grouped convolutions, slower to compile (6.2 s against 3.7 s for
-        # resnet_tiny on XLA:CPU) and the same numbers.
-        self._init_member = jax.jit(self._member_init)
+        # The network's init and predict do not depend on the optimizer: every group of a run
+        # shares them (model_programs' cache), so they compile once per run, not per group.
+        shared = model_programs(spec.model_only())
+        self._init_variables, self.predict = shared.init_variables, shared.predict
+        self._init_optimizer = jax.jit(self._member_init_optimizer)
         self.train_step = jax.jit(
             self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS),
             donate_argnums=(0, 1),
-        )
-        # Scores [members, images, classes]: members over the member axis and, when a
-        # member's work is split, images over the data axis.
-        self.predict = jax.jit(
-            self._over_mesh(self._predict, PREDICT_AXES, P(MEMBER_AXIS, DATA_AXIS))
         )
         self._epochs: dict[int, Callable] = {}
 
@@ -163,7 +173,7 @@ class GroupPrograms:
         if swept_values is None:
             swept_values = jnp.zeros((keys.shape[0], len(self.spec.swept)), jnp.float32)
         members = [
-            self._init_member(key, values) for key, values in zip(keys, swept_values, strict=True)
+            self._member_init(key, values) for key, values in zip(keys, swept_values, strict=True)
         ]
         if self.spec.mesh is None:
             return _stack_on_device(members)
@@ -207,15 +217,18 @@ class GroupPrograms:
         return self._epochs[num_steps]
 
     def _member_init(self, key: jax.Array, swept_values: jax.Array) -> MemberState:
-        size = self.spec.image_size
-        variables = self.model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-        opt_state = self.tx.init(variables["params"])
+        variables = self._init_variables(key)
+        opt_state = self._init_optimizer(variables["params"], swept_values)
+        return MemberState(variables["params"], variables["batch_stats"], opt_state)
+
+    def _member_init_optimizer(self, params: Any, swept_values: jax.Array) -> Any:
+        opt_state = self.tx.init(params)
         if self.spec.swept:  # this member's grid point, held in its optimizer state
             hyperparams = dict(opt_state.hyperparams)
             for name, value in zip(self.spec.swept, swept_values, strict=True):
                 hyperparams[name] = value.astype(hyperparams[name].dtype)
             opt_state = opt_state._replace(hyperparams=hyperparams)
-        return MemberState(variables["params"], variables["batch_stats"], opt_state)
+        return opt_state
 
     def _member_step(
         self,
@@ -240,7 +253,8 @@ class GroupPrograms:
         if self.spec.data_parallel > 1:
             # The whole batch is augmented on every device of the data axis, so each image
             # gets the draw it gets on one device; each device then trains on its slice.
-            images, labels = self._local_slice(images), self._local_slice(labels)
+            split = self.spec.data_parallel
+            images, labels = local_slice(images, split), local_slice(labels, split)
 
         def loss_fn(params):
             logits, updated = self.model.apply(
@@ -269,22 +283,60 @@ class GroupPrograms:
         metrics = metrics + jnp.stack([loss, correct, 1.0])
         return MemberState(params, batch_stats, opt_state), metrics
 
-    def _local_slice(self, batch: jax.Array) -> jax.Array:
-        """This device's equal share of ``batch`` along the data axis."""
-        size = batch.shape[0] // self.spec.data_parallel
-        start = jax.lax.axis_index(DATA_AXIS) * size
-        return jax.lax.dynamic_slice_in_dim(batch, start, size)
+class ModelPrograms:
+    """The programs of a run that depend on the network only, shared by all its groups.
 
-    def _member_predict(self, state: MemberState, images: jax.Array) -> jax.Array:
+    Attributes:
+      init_variables: one member's init key -> its ``{"params", "batch_stats"}``, compiled
+        once and called per key (a vmapped init compiles the forward pass as grouped
+        convolutions: 6.2 s against 3.7 s for resnet_tiny on XLA:CPU, the same numbers).
+      predict: stacked ``(params, batch_stats)``, uint8 images -> softmax scores
+        ``[members, n, classes]``: members over the member axis and, when a member's work
+        is split, images over the data axis.
+    """
+
+    def __init__(self, spec: ProgramSpec):
+        self.spec = spec
+        self.model = get_model(
+            spec.model,
+            spec.num_classes,
+            stride_placement=spec.stride_placement,
+            dtype=jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32,
+            batch_norm_axis=DATA_AXIS if spec.data_parallel > 1 else None,
+        )
+        self.init_variables = jax.jit(self._member_variables)
+        predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
+        if spec.mesh is not None:
+            predict = jax.shard_map(
+                predict,
+                mesh=spec.mesh,
+                in_specs=(P(MEMBER_AXIS), P()),
+                out_specs=P(MEMBER_AXIS, DATA_AXIS),
+                check_vma=False,
+            )
+        self.predict = jax.jit(predict)
+
+    def _member_variables(self, key: jax.Array) -> Any:
+        size = self.spec.image_size
+        return self.model.init(key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+
+    def _member_predict(self, variables: tuple[Any, Any], images: jax.Array) -> jax.Array:
+        params, batch_stats = variables
         if self.spec.data_parallel > 1:
-            images = self._local_slice(images)
+            images = local_slice(images, self.spec.data_parallel)
         images = self.spec.normalization.apply(resize_images(images, self.spec.image_size))
         logits = self.model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
+            {"params": params, "batch_stats": batch_stats},
             images.astype(self.model.dtype),
             train=False,
         )
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.lru_cache(maxsize=16)  # bounds the compiled code kept alive
+def model_programs(spec: ProgramSpec) -> ModelPrograms:
+    """The network programs of ``spec`` (a ``ProgramSpec.model_only()``), built once."""
+    return ModelPrograms(spec)
 
 
 # One program stacks every leaf (a jnp.stack per leaf would compile one program per shape).
@@ -304,10 +356,11 @@ def predict_members(
     split = programs.spec.data_parallel
     batch_size = -(-batch_size // split) * split  # the data axis takes equal shares
     count = len(images)
+    variables, mesh = (state.params, state.batch_stats), programs.spec.mesh
     padded = np.zeros((-(-count // batch_size) * batch_size,) + images.shape[1:], np.uint8)
     padded[:count] = images
     batches = [
-        to_host(programs.predict(state, replicate(padded[i : i + batch_size], programs.spec.mesh)))
+        to_host(programs.predict(variables, replicate(padded[i : i + batch_size], mesh)))
         for i in range(0, len(padded), batch_size)
     ]
     return np.concatenate(batches, axis=1)[:, :count]
