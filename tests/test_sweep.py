@@ -12,7 +12,8 @@ import ensemble
 import train
 from rundir import grid_points
 from training.config import parse_sweep
-from training.programs import GroupPrograms, model_programs
+from training.optimizers import OPTIMIZER_NAMES
+from training.programs import GroupPrograms, group_programs, model_programs
 
 # Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
 COMMON = dict(optimizers={"dgrad": 2}, folds=(1,), epochs=1, augment="paper")
@@ -105,20 +106,27 @@ def test_sweep_flags_and_bad_sweeps(tmp_path, capsys):
     assert "names ['learning_rate'] twice" in capsys.readouterr().err
 
 
-def test_every_group_of_a_run_shares_the_networks_init_and_predict(tmp_path):
-    """The network's programs do not depend on the optimizer: seven groups compile each once.
-
-    The train step still compiles once per group (it holds the group's optimizer), so a
-    seven-group run compiles seven steps; see docs/performance.md, "Compile time".
+@pytest.mark.parametrize(
+    "groups",
+    [
+        dict(optimizers={name: 1 for name in OPTIMIZER_NAMES}),  # the default run's seven
+        dict(optimizers={"dgrad": 1, "cos1": 1}, sweep={"learning_rate": (1e-2, 3e-3, 1e-3)}),
+    ],
+    ids=["seven-groups", "two-groups-three-points"],
+)
+def test_a_run_compiles_each_program_once_whatever_its_groups(tmp_path, groups):
+    """Init, train step and predict are the same programs for every group and grid point:
+    a group picks its optimizer at run time, and the network's programs do not depend on it.
     """
-    names = ("sgd", "adam", "amsgrad", "diffgrad", "dgrad", "cos1", "cos2")
-    config = fast_config(tmp_path, optimizers={name: 1 for name in names}, folds=(0,),
-                         epochs=1)  # fmt: skip
-    model_programs.cache_clear()  # programs of earlier tests in this process would be reused
+    config = fast_config(tmp_path, folds=(0,), epochs=1, **groups)
+    group_programs.cache_clear()  # programs of earlier tests in this process would be reused
+    model_programs.cache_clear()
     with count_backend_compiles() as compiled:
-        train.train_ensemble(config, dataset=small_digits(), progress=False,
-                             build_programs=GroupPrograms)  # fmt: skip
-    counted = collections.Counter(compiled)
-    assert counted["jit(_member_variables)"] == 1
-    assert counted["jit(_member_predict_over_members)"] == 1
-    assert counted["jit(_member_step_over_members)"] == len(names)
+        train.train_ensemble(config, dataset=small_digits(), progress=False)
+    members = collections.Counter(name for name in compiled if name.startswith("jit(_member"))
+    assert members == {
+        "jit(_member_variables)": 1,  # the network's init, one member, called per key
+        "jit(_member_init_optimizer)": 1,  # the optimizer state's init
+        "jit(_member_step_over_members)": 1,
+        "jit(_member_predict_over_members)": 1,
+    }

@@ -162,6 +162,7 @@ def train_fold(
     state = _initial_state(group, init_keys)
     data = _fold_data(dataset, fold, group.train_rows, placement)
     steps = len(fold.train_indices) // config.batch_size
+    rule = programs.rule(group.name)  # which of the shared step's optimizers this group uses
 
     diverged = np.zeros(slots, bool)
     start_epoch, log_rows = 0, []
@@ -182,11 +183,11 @@ def train_fold(
             metrics = shard_members(np.zeros((slots, 3), np.float32), placement.mesh)
             if placement.step_loop == "scan":
                 run_epoch = programs.train_epoch(steps)
-                state, metrics = run_epoch(state, metrics, orders, augment_keys, data)
+                state, metrics = run_epoch(state, metrics, orders, augment_keys, data, rule=rule)
             else:
                 for step in range(steps):
                     state, metrics = programs.train_step(
-                        state, metrics, orders, step, augment_keys, data
+                        state, metrics, orders, step, augment_keys, data, rule=rule
                     )
                     if on_step is not None:
                         on_step(group.name, fold.index, epoch, step)

@@ -7,9 +7,12 @@ optimizer, as in MATLAB's ``L2Regularization`` that the paper used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import optax_dgrad
@@ -85,3 +88,113 @@ def make_optimizer(
         return make(**hyperparameters)
     fixed = tuple(key for key in hyperparameters if key not in swept)
     return optax.inject_hyperparams(make, static_args=fixed)(**hyperparameters)
+
+
+# The hyperparameters every member carries in its optimizer state, in this order.
+MEMBER_HYPERPARAMETERS = ("learning_rate", "b1", "b2", "eps", "momentum", "weight_decay")
+
+
+class MemberOptimizerState(NamedTuple):
+    """A member's optimizer state under :class:`MemberOptimizer`.
+
+    Attributes:
+      hyperparams: each swept hyperparameter's name -> float32 scalar, this member's value
+        (``{}`` without a sweep: the values are the program's constants).
+      slots: the run's optimizers' state, shared: ``"count"`` (int32 step count) and the
+        parameter-shaped trees they keep, ``"mu"`` (Adam's first moment, or SGD's momentum
+        trace), ``"nu"``, ``"nu_max"`` (AMSGrad), ``"prev_grad"`` (diffGrad); only those
+        some optimizer of the run needs.
+    """
+
+    hyperparams: dict[str, Any]
+    slots: dict[str, Any]
+
+
+def _slot(path: tuple) -> tuple[str, tuple]:
+    """A native state leaf's slot and its path inside the slot's tree: ``[1][0].mu['w']``
+    -> ``("mu", ['w'])``; SGD's momentum ``trace`` shares ``mu`` (a member has one)."""
+    for position in range(len(path) - 1, -1, -1):
+        key = path[position]
+        if isinstance(key, jax.tree_util.GetAttrKey):
+            return ("mu" if key.name == "trace" else key.name), path[position + 1 :]
+    raise ValueError(f"optimizer state leaf {jax.tree_util.keystr(path)} has no field name")
+
+
+class MemberOptimizer:
+    """Every optimizer of a run behind one state, so one compiled step serves all groups.
+
+    The hyperparameters are the run's constants, except the swept ones, which live in each
+    member's state (``hyperparams``, as ``optax.inject_hyperparams`` keeps them), so the
+    arithmetic is that of each optimizer built alone. Which optimizer updates a member is
+    ``rule``, an index into ``names`` given to :meth:`update` at run time and
+    the same for the members of a group, so under ``vmap`` it stays unbatched and only that
+    optimizer's update runs (``lax.switch``). Each branch is the optimizer's own optax
+    transformation (``OPTIMIZERS``) applied to its part of the shared state, so the numbers
+    are those of that transformation. The state holds the union of the optimizers' slots
+    (see :class:`MemberOptimizerState`): a run with AMSGrad and diffGrad keeps four
+    parameter-sized trees per member where Adam alone keeps two.
+    """
+
+    def __init__(
+        self, names: Sequence[str], hyperparameters: Mapping[str, float], swept: Sequence[str] = ()
+    ):
+        self.names = tuple(names)
+        self.hyperparameters = dict(hyperparameters)
+        self.swept = tuple(swept)
+
+    def _native(self, name: str, hyperparams: Mapping[str, Any]) -> optax.GradientTransformation:
+        entry = OPTIMIZERS[name]
+        values = {**self.hyperparameters, **hyperparams}
+        return entry.make(**{key: values[key] for key in entry.hyperparameters})
+
+    def init(self, params: Any) -> MemberOptimizerState:
+        """Zero slots for ``params``; swept hyperparameters 0 until the member's are set."""
+        hyperparams = {name: jnp.zeros((), jnp.float32) for name in self.swept}
+        leaves: dict[str, dict[str, Any]] = {}
+        for name in self.names:
+            state = self._native(name, {}).init(params)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+                slot, inner = _slot(path)
+                leaves.setdefault(slot, {}).setdefault(jax.tree_util.keystr(inner), leaf)
+        slots = {}
+        for slot, by_path in leaves.items():
+            if slot == "count":
+                slots[slot] = by_path[""]
+            else:  # a tree shaped like params
+                paths = jax.tree_util.tree_flatten_with_path(params)[0]
+                treedef = jax.tree.structure(params)
+                slots[slot] = jax.tree.unflatten(
+                    treedef, [by_path[jax.tree_util.keystr(p)] for p, _ in paths]
+                )
+        return MemberOptimizerState(hyperparams, slots)
+
+    def update(
+        self, updates: Any, state: MemberOptimizerState, params: Any, rule: jax.Array
+    ) -> tuple[Any, MemberOptimizerState]:
+        """The update of optimizer ``names[rule]`` with this member's hyperparameters."""
+        branches = [functools.partial(self._branch, name) for name in self.names]
+        return jax.lax.switch(rule, branches, updates, state, params)
+
+    def _branch(self, name, updates, state: MemberOptimizerState, params):
+        native = self._native(name, state.hyperparams)
+        template = jax.eval_shape(native.init, params)
+        paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+        places = [_slot(path) for path, _ in paths]
+        by_path = {
+            slot: dict(
+                (jax.tree_util.keystr(p), leaf)
+                for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            )
+            for slot, tree in state.slots.items()
+        }
+        native_state = jax.tree.unflatten(
+            treedef, [by_path[slot][jax.tree_util.keystr(inner)] for slot, inner in places]
+        )
+        updates, native_state = native.update(updates, native_state, params)
+        for (slot, inner), leaf in zip(places, jax.tree.leaves(native_state), strict=True):
+            by_path[slot][jax.tree_util.keystr(inner)] = leaf
+        slots = {
+            slot: jax.tree.unflatten(jax.tree.structure(tree), list(by_path[slot].values()))
+            for slot, tree in state.slots.items()
+        }
+        return updates, MemberOptimizerState(state.hyperparams, slots)

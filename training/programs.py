@@ -26,7 +26,7 @@ from models import get_model
 from models.pretrained import Normalization
 from training.config import AUGMENTATIONS, TrainConfig
 from training.members import MemberState, map_members, stack_members
-from training.optimizers import make_optimizer, optimizer_hyperparameters
+from training.optimizers import MEMBER_HYPERPARAMETERS, MemberOptimizer
 from training.placement import (
     DATA_AXIS,
     MEMBER_AXIS,
@@ -36,11 +36,12 @@ from training.placement import (
     to_host,
 )
 
-# Per positional argument of a step (state, metrics, order, step, key, data) and of a
-# prediction (state, images): 0 where it carries the member axis, None where it is shared.
-STEP_AXES = (0, 0, 0, None, 0, None)
+# Per positional argument of a step (state, metrics, order, step, key, data, rule) and of a
+# prediction (variables, images): 0 where it carries the member axis, None where it is
+# shared (a group's members share their optimizer: ``rule`` is unbatched under vmap).
+STEP_AXES = (0, 0, 0, None, 0, None, None)
 PREDICT_AXES = (0, None)
-EPOCH_AXES = (0, 0, 0, 0, None)
+EPOCH_AXES = (0, 0, 0, 0, None, None)
 # A step's and an epoch's outputs, (state, metrics): split over the member axis.
 STEP_OUT_SPECS = (P(MEMBER_AXIS), P(MEMBER_AXIS))
 
@@ -50,6 +51,17 @@ def local_slice(batch: jax.Array, data_parallel: int) -> jax.Array:
     size = batch.shape[0] // data_parallel
     start = jax.lax.axis_index(DATA_AXIS) * size
     return jax.lax.dynamic_slice_in_dim(batch, start, size)
+
+
+def _with_rule(program: Callable, named_after: Callable) -> Callable:
+    """``program`` with its last argument, the optimizer ``rule``, optional (0: a run of
+    one optimizer) and always an int32 scalar, so every value shares one compiled program."""
+
+    def with_rule(*args, rule=0):
+        return program(*args, jnp.asarray(rule, jnp.int32))
+
+    with_rule.__name__ = getattr(named_after, "__name__", "program")  # names it in profiles
+    return with_rule
 
 
 class GroupData(NamedTuple):
@@ -67,8 +79,9 @@ class ProgramSpec:
     Attributes:
       model, stride_placement, dtype, num_classes: the network.
       image_size, batch_size, augment, normalization: what a step feeds it.
-      optimizer: the group name in ``training.optimizers.OPTIMIZERS``.
-      hyperparameters: ``(name, value)`` pairs the optimizer is built with.
+      optimizers: every group of the run (names in ``training.optimizers.OPTIMIZERS``):
+        one train step serves them all, a group's members choosing theirs by its index.
+      hyperparameters: ``(name, value)`` pairs of ``MEMBER_HYPERPARAMETERS``, the run's.
       swept: the hyperparameters that live in each member's optimizer state instead (a
         sweep's names); their values above are placeholders, :meth:`GroupPrograms.init`
         takes each member's.
@@ -85,7 +98,7 @@ class ProgramSpec:
     batch_size: int
     augment: str
     normalization: Normalization
-    optimizer: str
+    optimizers: tuple[str, ...]
     hyperparameters: tuple[tuple[str, float], ...]
     swept: tuple[str, ...]
     inner_strategy: str
@@ -96,7 +109,7 @@ class ProgramSpec:
         """This spec without what only the train step uses (optimizer, batch, augmentation):
         the key of the programs every group of a run shares."""
         return dataclasses.replace(
-            self, optimizer="", hyperparameters=(), swept=(), batch_size=0, augment="",
+            self, optimizers=(), hyperparameters=(), swept=(), batch_size=0, augment="",
             scan_unroll=0,
         )  # fmt: skip
 
@@ -114,7 +127,8 @@ class ProgramSpec:
         placement: Placement,
         normalization: Normalization,
     ) -> ProgramSpec:
-        """The spec of group ``group`` of a run."""
+        """The spec of group ``group`` of a run: the same for every group of the run (the
+        group picks its optimizer at run time, :meth:`GroupPrograms.rule`)."""
         return cls(
             model=config.model,
             stride_placement=config.stride_placement,
@@ -124,8 +138,8 @@ class ProgramSpec:
             batch_size=config.batch_size,
             augment=config.augment,
             normalization=normalization,
-            optimizer=group,
-            hyperparameters=tuple(optimizer_hyperparameters(group, config).items()),
+            optimizers=tuple(config.optimizers) if group in config.optimizers else (group,),
+            hyperparameters=tuple((k, getattr(config, k)) for k in MEMBER_HYPERPARAMETERS),
             swept=tuple(config.sweep or ()),
             inner_strategy=placement.inner_strategy,
             mesh=placement.mesh,
@@ -151,7 +165,7 @@ class GroupPrograms:
             dtype=jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32,
             batch_norm_axis=DATA_AXIS if spec.data_parallel > 1 else None,
         )
-        self.tx = make_optimizer(spec.optimizer, dict(spec.hyperparameters), spec.swept)
+        self.tx = MemberOptimizer(spec.optimizers, dict(spec.hyperparameters), spec.swept)
         self._augmentation = AUGMENTATIONS[spec.augment]
         self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
         self.member_sharding = (
@@ -163,7 +177,7 @@ class GroupPrograms:
         self._init_variables, self.predict = shared.init_variables, shared.predict
         self._init_optimizer = jax.jit(self._member_init_optimizer)
         self.train_step = jax.jit(
-            self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS),
+            _with_rule(self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS), self._step),
             donate_argnums=(0, 1),
         )
         self._epochs: dict[int, Callable] = {}
@@ -197,13 +211,17 @@ class GroupPrograms:
             check_vma=False,
         )
 
+    def rule(self, group: str) -> jax.Array:
+        """The ``rule`` argument of the step and epoch programs for ``group``'s members."""
+        return jnp.asarray(self.spec.optimizers.index(group), jnp.int32)
+
     def train_epoch(self, num_steps: int) -> Callable:
         """A program running ``num_steps`` steps of every member in one ``lax.scan``."""
         if num_steps not in self._epochs:
 
-            def epoch(state, metrics, orders, keys, data):
+            def epoch(state, metrics, orders, keys, data, rule):
                 def body(carry, step):
-                    return self._step(*carry, orders, step, keys, data), None
+                    return self._step(*carry, orders, step, keys, data, rule), None
 
                 (state, metrics), _ = jax.lax.scan(
                     body, (state, metrics), jnp.arange(num_steps), unroll=self.spec.scan_unroll
@@ -211,7 +229,7 @@ class GroupPrograms:
                 return state, metrics
 
             self._epochs[num_steps] = jax.jit(
-                self._over_mesh(epoch, EPOCH_AXES, STEP_OUT_SPECS),
+                _with_rule(self._over_mesh(epoch, EPOCH_AXES, STEP_OUT_SPECS), epoch),
                 donate_argnums=(0, 1),
             )
         return self._epochs[num_steps]
@@ -238,8 +256,10 @@ class GroupPrograms:
         step: jax.Array,
         key: jax.Array,
         data: GroupData,
+        rule: jax.Array,
     ) -> tuple[MemberState, jax.Array]:
-        """One optimizer step of one member on the ``step``-th batch of its epoch order."""
+        """One optimizer step of one member on the ``step``-th batch of its epoch order, with
+        optimizer ``spec.optimizers[rule]``."""
         batch = self.spec.batch_size
         indices = jax.lax.dynamic_slice_in_dim(order, step * batch, batch)
         labels = data.train_labels[indices]
@@ -276,7 +296,7 @@ class GroupPrograms:
             # Equal slices: the batch's mean loss is the mean of the slices' means.
             grads, loss = jax.lax.pmean((grads, loss), DATA_AXIS)
             correct = jax.lax.psum(correct, DATA_AXIS)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, rule)
         params = optax.apply_updates(state.params, updates)
         # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
         # seen at the end of the epoch without a device-to-host sync every step.
