@@ -40,7 +40,8 @@ class GroupResult:
       member_accuracy: each member's accuracy on the test splits of all trained folds pooled.
       fused_accuracy: the sum-rule accuracy of the group's non-diverged members.
       diverged: indices of members whose loss became NaN or inf in any fold.
-      seconds: wall time spent training and evaluating the group.
+      seconds: wall time spent training and scoring the group's folds. The groups share
+        their programs, so the first group's seconds include compiling them.
       scores: the members' test scores of all trained folds [members, n, classes].
       valid: bool [members, n], False in the folds where a member diverged.
     """
@@ -338,7 +339,8 @@ def _group_result(outcomes, folds, labels, seconds) -> GroupResult:
 
 
 def format_summary(result: TrainResult) -> str:
-    """A Markdown table of stand-alone and fused accuracies per group."""
+    """A Markdown table of stand-alone and fused accuracies per group, and a note on what the
+    seconds measure."""
     lines = [
         "| group | members | stand-alone accuracy (mean ± std) | fused (sum rule) | "
         "diverged | seconds |",
@@ -356,4 +358,8 @@ def format_summary(result: TrainResult) -> str:
         )
     members = sum(len(g.member_accuracy) - len(g.diverged) for g in result.groups.values())
     lines.append(f"| all | {members} | | {100 * result.fused_accuracy:.2f} | | |")
+    lines.append(
+        "seconds: training and scoring the group's folds; the first group's include compiling "
+        "the programs every group shares"
+    )
     return "\n".join(lines)

@@ -126,7 +126,7 @@ class MemberOptimizer:
     The hyperparameters are the run's constants, except the swept ones, which live in each
     member's state (``hyperparams``, as ``optax.inject_hyperparams`` keeps them), so the
     arithmetic is that of each optimizer built alone. Which optimizer updates a member is
-    ``rule``, an index into ``names`` given to :meth:`update` at run time and
+    ``rule``, an index into ``names`` given to :meth:`apply` at run time and
     the same for the members of a group, so under ``vmap`` it stays unbatched and only that
     optimizer's update runs (``lax.switch``). Each branch is the optimizer's own optax
     transformation (``OPTIMIZERS``) applied to its part of the shared state, so the numbers
@@ -168,12 +168,20 @@ class MemberOptimizer:
                 )
         return MemberOptimizerState(hyperparams, slots)
 
-    def update(
-        self, updates: Any, state: MemberOptimizerState, params: Any, rule: jax.Array
+    def apply(
+        self, grads: Any, state: MemberOptimizerState, params: Any, rule: jax.Array
     ) -> tuple[Any, MemberOptimizerState]:
-        """The update of optimizer ``names[rule]`` with this member's hyperparameters."""
-        branches = [functools.partial(self._branch, name) for name in self.names]
-        return jax.lax.switch(rule, branches, updates, state, params)
+        """New parameters and state after one step of optimizer ``names[rule]``.
+
+        The parameters are updated inside the branch, with the update, as the optimizer's
+        own step would fuse them: SGD's numbers are then bit for bit its own.
+        """
+        branches = [functools.partial(self._applied, name) for name in self.names]
+        return jax.lax.switch(rule, branches, grads, state, params)
+
+    def _applied(self, name, grads, state: MemberOptimizerState, params):
+        updates, state = self._branch(name, grads, state, params)
+        return optax.apply_updates(params, updates), state
 
     def _branch(self, name, updates, state: MemberOptimizerState, params):
         native = self._native(name, state.hyperparams)

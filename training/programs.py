@@ -296,8 +296,7 @@ class GroupPrograms:
             # Equal slices: the batch's mean loss is the mean of the slices' means.
             grads, loss = jax.lax.pmean((grads, loss), DATA_AXIS)
             correct = jax.lax.psum(correct, DATA_AXIS)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, rule)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = self.tx.apply(grads, state.opt_state, state.params, rule)
         # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
         # seen at the end of the epoch without a device-to-host sync every step.
         metrics = metrics + jnp.stack([loss, correct, 1.0])
