@@ -1,4 +1,4 @@
-"""Seed-vectorised ensemble trainer: many ResNet members per optimizer, one program a group.
+"""Seed-vectorised ensemble trainer: many ResNet members per optimizer, one program a run.
 
 The CLI over ``training/``; with no flags it trains a small ensemble on scikit-learn's
 digits, offline. ``python train.py --help`` lists the flags, one per ``TrainConfig`` field;
@@ -79,8 +79,8 @@ def _env_int(name: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: ``--preset``, one flag per ``TrainConfig`` field, and how to run."""
     parser = argparse.ArgumentParser(
-        description="Train ensembles of ResNets, one compiled program per optimizer group, and "
-        "write each member's test-set softmax scores for ensemble.py. With no flags: a small "
+        description="Train ensembles of ResNets, one compiled program for all optimizer groups, "
+        "and write each member's test-set softmax scores for ensemble.py. With no flags: a small "
         "ensemble of every optimizer on scikit-learn's digits (offline, a few CPU minutes).",
     )
     parser.add_argument(

@@ -64,25 +64,18 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 
-def optimizer_hyperparameters(name: str, config: Any) -> dict[str, float]:
-    """The hyperparameters group ``name`` takes, with their values in ``config``."""
-    return {field: getattr(config, field) for field in OPTIMIZERS[name].hyperparameters}
-
-
 def make_optimizer(
-    name: str, hyperparameters: Mapping[str, float] | Any, swept: Sequence[str] = ()
+    name: str, hyperparameters: Mapping[str, float], swept: Sequence[str] = ()
 ) -> optax.GradientTransformation:
-    """Group ``name``'s transformation.
+    """Group ``name``'s transformation alone (the trainer runs it in ``MemberOptimizer``).
 
     Args:
       name: a key of ``OPTIMIZERS``.
-      hyperparameters: the values of its hyperparameters, or a ``TrainConfig`` holding them.
+      hyperparameters: the values of its hyperparameters (``OPTIMIZERS[name].hyperparameters``).
       swept: hyperparameters that live in the optimizer state instead of the program
         (``optax.inject_hyperparams``), so members with different values share one compiled
         program; set each member's values in its ``opt_state.hyperparams``.
     """
-    if not isinstance(hyperparameters, Mapping):
-        hyperparameters = optimizer_hyperparameters(name, hyperparameters)
     make = OPTIMIZERS[name].make
     if not swept:
         return make(**hyperparameters)
