@@ -83,10 +83,6 @@ def make_optimizer(
     return optax.inject_hyperparams(make, static_args=fixed)(**hyperparameters)
 
 
-# The hyperparameters every member carries in its optimizer state, in this order.
-MEMBER_HYPERPARAMETERS = ("learning_rate", "b1", "b2", "eps", "momentum", "weight_decay")
-
-
 class MemberOptimizerState(NamedTuple):
     """A member's optimizer state under :class:`MemberOptimizer`.
 

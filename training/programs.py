@@ -24,9 +24,10 @@ from jax.sharding import PartitionSpec as P
 from data.augment import augment_images, resize_images
 from models import get_model
 from models.pretrained import Normalization
+from rundir import SWEEPABLE
 from training.config import AUGMENTATIONS, TrainConfig
 from training.members import MemberState, map_members, stack_members
-from training.optimizers import MEMBER_HYPERPARAMETERS, MemberOptimizer
+from training.optimizers import MemberOptimizer
 from training.placement import (
     DATA_AXIS,
     MEMBER_AXIS,
@@ -81,7 +82,8 @@ class ProgramSpec:
       image_size, batch_size, augment, normalization: what a step feeds it.
       optimizers: every group of the run (names in ``training.optimizers.OPTIMIZERS``):
         one train step serves them all, a group's members choosing theirs by its index.
-      hyperparameters: ``(name, value)`` pairs of ``MEMBER_HYPERPARAMETERS``, the run's.
+      hyperparameters: ``(name, value)`` of every hyperparameter (``rundir.SWEEPABLE``), the
+        run's values.
       swept: the hyperparameters that live in each member's optimizer state instead (a
         sweep's names); their values above are placeholders, :meth:`GroupPrograms.init`
         takes each member's.
@@ -139,7 +141,7 @@ class ProgramSpec:
             augment=config.augment,
             normalization=normalization,
             optimizers=tuple(config.optimizers) if group in config.optimizers else (group,),
-            hyperparameters=tuple((k, getattr(config, k)) for k in MEMBER_HYPERPARAMETERS),
+            hyperparameters=tuple((k, getattr(config, k)) for k in SWEEPABLE),
             swept=tuple(config.sweep or ()),
             inner_strategy=placement.inner_strategy,
             mesh=placement.mesh,
