@@ -12,10 +12,13 @@ Python API (re-exported here): :func:`train_ensemble` with a :class:`TrainConfig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -183,6 +186,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+class _Interrupt:
+    """Ctrl-C that is never lost.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread is; raised inside a
+    finalizer or a callback it is printed as "Exception ignored" and the run goes on (seen
+    once in CI: the run finished with status 0). The handler also records the request, and
+    the next step raises it again.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def raise_if_requested(self, *where) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def handled(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -198,11 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
+    interrupt = _Interrupt()
     try:
         config = config_from_args(args)
-        result = train_ensemble(
-            config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
+        with interrupt.handled():
+            result = train_ensemble(
+                config,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                on_step=interrupt.raise_if_requested,
+            )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -229,6 +229,21 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert error.strip().splitlines()[-1].startswith("interrupted; run the same command with")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_the_run():
+    """Python drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored"); the
+    CLI's handler also records it, and the next step raises it again."""
+    interrupt = train._Interrupt()
+
+    class Finalized:
+        def __del__(self):
+            interrupt._handle(signal.SIGINT, None)
+
+    Finalized()  # collected at once: the interrupt is raised in __del__ and lost
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.raise_if_requested("sgd", 0, 0, 0)
+
+
 # --- 9-11. flags ---------------------------------------------------------------------------
 
 
