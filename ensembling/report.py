@@ -18,6 +18,7 @@ from ensembling.metrics import ClassificationMetrics
 from ensembling.runs import DatasetScores
 from ensembling.specs import display_name, format_hyperparameter, paper_order
 from ensembling.tables import MemberResult, SweepRow, Table1Row, Table2Entry
+from rundir import atomic_file, write_atomically
 
 
 def _percent(value: float) -> str:
@@ -495,7 +496,7 @@ def write_tables(
     paths = []
     for name, rows in tables:
         path = out_dir / name
-        with path.open("w", newline="") as file:
+        with atomic_file(path) as file:  # a full disk leaves the old table, not half of one
             writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
             writer.writeheader()
             writer.writerows(rows)
@@ -521,7 +522,7 @@ def write_tables(
         ),
     }
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    write_atomically(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
     markdown_path = out_dir / "tables.md"
-    markdown_path.write_text(markdown + "\n")
+    write_atomically(markdown_path, markdown + "\n")
     return [*paths, json_path, markdown_path]
