@@ -56,6 +56,13 @@ def member_pool(data: DatasetScores) -> MemberPool:
       EnsembleSpecError: the runs hold no validation scores (naming the flag that writes
         them), or only some groups have them.
     """
+    some = any(group.validation_scores is not None for group in data.groups.values())
+    if data.validation_labels is None and some:
+        raise EnsembleSpecError(
+            f"{data.dataset!r}: the merged runs held out different validation rows (another "
+            "--seed or --validation-fraction), so no member pool shares them; select and "
+            "calibrate each run on its own"
+        )
     if data.validation_labels is None or any(
         group.validation_scores is None for group in data.groups.values()
     ):
@@ -156,16 +163,23 @@ def greedy_ensemble(
     if objective not in OBJECTIVES:
         raise EnsembleSpecError(f"unknown selection objective {objective!r}; known: {OBJECTIVES}")
     pool = member_pool(data)
-    selections = tuple(
-        greedy_select(
-            pool.validation_scores[p],
-            pool.validation_labels[p],
-            objective=objective,
-            max_rounds=max_rounds,
-            valid=~pool.diverged[:, p],
+    selections = []
+    for p, fold in enumerate(data.folds):
+        if pool.diverged[:, p].all():
+            raise EnsembleSpecError(
+                f"{data.dataset!r}: every member diverged in fold {fold}; there is nothing to "
+                "select from"
+            )
+        selections.append(
+            greedy_select(
+                pool.validation_scores[p],
+                pool.validation_labels[p],
+                objective=objective,
+                max_rounds=max_rounds,
+                valid=~pool.diverged[:, p],
+            )
         )
-        for p in range(len(data.folds))
-    )
+    selections = tuple(selections)
     weights = np.stack([s.counts for s in selections]).astype(np.float64)
     return _measured(data, pool, f"greedy ({objective})", weights, selections)
 

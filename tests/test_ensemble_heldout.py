@@ -59,6 +59,30 @@ def test_greedy_selection_of_a_run_selects_each_fold_on_its_validation_rows(vali
     assert whole.weights.sum() == 12 * len(data.folds)
 
 
+def test_a_fold_where_every_member_diverged_is_named(validated):
+    data = ensemble.load_run(validated)
+    broken = {
+        name: group._replace(diverged=group.diverged | (np.arange(2) == 1))
+        for name, group in data.groups.items()
+    }
+    with pytest.raises(ensemble.EnsembleSpecError, match="every member diverged in fold 1"):
+        greedy_ensemble(data._replace(groups=broken))
+
+
+def test_merged_runs_with_other_validation_rows_are_named(validated):
+    data = ensemble.load_run(validated)
+    sgd = {k: v for k, v in data.groups.items() if k.startswith("sgd")}
+    others = {k: v for k, v in data.groups.items() if not k.startswith("sgd")}
+    first = data._replace(groups=sgd)
+    second = data._replace(
+        groups=others, validation_labels=tuple(labels[::-1] for labels in data.validation_labels)
+    )
+    merged = ensemble.merge_runs(first, second)
+    with pytest.raises(ensemble.EnsembleSpecError, match="held out different validation rows"):
+        member_pool(merged)
+    assert len(member_pool(ensemble.merge_runs(first, data._replace(groups=others))).members) == 12
+
+
 def test_no_test_fold_leakage(validated):
     """Selection and temperatures read validation rows only: other test labels, same choice."""
     data = ensemble.load_run(validated)
