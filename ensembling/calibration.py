@@ -16,6 +16,8 @@ import math
 import numpy as np
 from scipy import optimize
 
+from ensembling.metrics import check_labels
+
 # Probabilities are clipped below at the float64 epsilon before the log, as
 # sklearn.metrics.log_loss clips them: a zero probability would give -inf log-probabilities,
 # which no temperature can scale.
@@ -132,15 +134,7 @@ def fit_temperature(
         )
     probabilities = _check_probabilities(probabilities)
     n_rows, n_classes = probabilities.shape
-    if labels.shape != (n_rows,):
-        raise ValueError(f"labels must have shape ({n_rows},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(
-            f"labels must lie in [0, {n_classes}) for {n_classes} classes, "
-            f"got values in [{labels.min()}, {labels.max()}]"
-        )
+    labels = check_labels(labels, n_rows, n_classes)
     low, high = (float(b) for b in bounds)
     if not (0 < low < high and math.isfinite(high)):
         raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds}")

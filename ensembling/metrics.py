@@ -21,6 +21,22 @@ from sklearn import metrics as sk_metrics
 ECE_BINS = 15
 
 
+def check_labels(labels: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+    """``labels`` as an integer array ``[n_rows]`` in ``[0, n_classes)``; ValueError naming
+    what is wrong otherwise."""
+    labels = np.asarray(labels)
+    if labels.shape != (n_rows,):
+        raise ValueError(f"labels must have shape ({n_rows},), one per row, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) for {n_classes} classes, "
+            f"got values in [{labels.min()}, {labels.max()}]"
+        )
+    return labels
+
+
 class ClassificationMetrics(NamedTuple):
     """Metrics of probabilistic predictions; see ``classification_metrics``."""
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ensembling.metrics import check_labels
+
 OBJECTIVES = ("nll", "accuracy", "brier")
 
 # sklearn.metrics.log_loss clips probabilities to [eps, 1 - eps] of their (float64) dtype;
@@ -153,17 +155,7 @@ def greedy_select(
             f"scores must be a non-empty [members, n, classes] array, got shape {scores.shape}"
         )
     n_members, n_rows, n_classes = scores.shape
-    if labels.shape != (n_rows,):
-        raise ValueError(
-            f"labels must have shape ({n_rows},) like the rows of scores, got {labels.shape}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(
-            f"labels must lie in [0, {n_classes}) for {n_classes} classes, "
-            f"got values in [{labels.min()}, {labels.max()}]"
-        )
+    labels = check_labels(labels, n_rows, n_classes)
     if valid is None:
         valid = np.ones(n_members, dtype=bool)
     valid = np.asarray(valid)

@@ -160,23 +160,17 @@ class GroupPrograms:
 
     def __init__(self, spec: ProgramSpec):
         self.spec = spec
-        self.model = get_model(
-            spec.model,
-            spec.num_classes,
-            stride_placement=spec.stride_placement,
-            dtype=jnp.bfloat16 if spec.dtype == "bfloat16" else jnp.float32,
-            batch_norm_axis=DATA_AXIS if spec.data_parallel > 1 else None,
-        )
+        # The network's init and predict do not depend on the optimizer: every group of a run
+        # shares them (model_programs' cache), so they compile once per run, not per group.
+        shared = model_programs(spec.model_only())
+        self.model = shared.model
+        self._init_variables, self.predict = shared.init_variables, shared.predict
         self.tx = MemberOptimizer(spec.optimizers, dict(spec.hyperparameters), spec.swept)
         self._augmentation = AUGMENTATIONS[spec.augment]
         self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
         self.member_sharding = (
             jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh is not None else None
         )
-        # The network's init and predict do not depend on the optimizer: every group of a run
-        # shares them (model_programs' cache), so they compile once per run, not per group.
-        shared = model_programs(spec.model_only())
-        self._init_variables, self.predict = shared.init_variables, shared.predict
         self._init_optimizer = jax.jit(self._member_init_optimizer)
         self.train_step = jax.jit(
             _with_rule(self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS), self._step),
