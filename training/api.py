@@ -73,19 +73,7 @@ def select_folds(config: TrainConfig, dataset: ImageDataset) -> list[Fold]:
         if config.folds is None or index in config.folds
     ]
     if config.validation_fraction > 0:
-        folds = [
-            fold._replace(train_indices=train, validation_indices=validation)
-            for fold in folds
-            for train, validation in [
-                validation_split(
-                    fold.train_indices,
-                    dataset.labels,
-                    config.validation_fraction,
-                    seed=config.seed,
-                    fold=fold.index,
-                )
-            ]
-        ]
+        folds = [_held_out(fold, dataset, config) for fold in folds]
     if config.folds is not None:
         missing = sorted(set(config.folds) - {fold.index for fold in folds})
         if missing:
@@ -100,6 +88,18 @@ def select_folds(config: TrainConfig, dataset: ImageDataset) -> list[Fold]:
             f"split ({smallest} images) of {dataset.name}"
         )
     return folds
+
+
+def _held_out(fold: Fold, dataset: ImageDataset, config: TrainConfig) -> Fold:
+    """``fold`` with ``config.validation_fraction`` of its training rows held out."""
+    train, validation = validation_split(
+        fold.train_indices,
+        dataset.labels,
+        config.validation_fraction,
+        seed=config.seed,
+        fold=fold.index,
+    )
+    return fold._replace(train_indices=train, validation_indices=validation)
 
 
 def _check_weights(config: TrainConfig, num_classes: int) -> None:
@@ -282,11 +282,11 @@ def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutc
     else:
         outcome = train_fold(group, dataset, fold, run_dir, progress=bar, on_step=on_step)
         if jax.process_index() == 0:
-            swept = group.programs.spec.swept
+            # The file says what it was trained with, as _read_finished will check it.
+            provenance = _expected_provenance(group, fold, run_dir.digest)
+            names, values = provenance.hyperparameter_names, provenance.hyperparameter_values
             extra = (
-                {"hyperparameters": {k: group.swept_values[:, j] for j, k in enumerate(swept)}}
-                if swept
-                else {}
+                {"hyperparameters": {k: values[:, j] for j, k in enumerate(names)}} if names else {}
             )
             if outcome.validation_scores is not None:
                 extra["validation"] = dict(
@@ -300,14 +300,12 @@ def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutc
                 labels=dataset.labels[fold.test_indices],
                 test_indices=fold.test_indices,
                 class_names=dataset.class_names,
-                member_seeds=[
-                    member_seed(config.seed, group.name, m) for m in group.member_indices
-                ],
+                member_seeds=provenance.member_seeds,
                 diverged=outcome.diverged,
-                optimizer=group.name,
-                fold=fold.index,
+                optimizer=provenance.group,
+                fold=provenance.fold,
                 dataset=dataset.name,
-                config_digest=run_dir.digest,
+                config_digest=provenance.config_digest,
                 **extra,
             )
     if jax.process_index() == 0 and not config.keep_checkpoints:

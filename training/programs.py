@@ -54,6 +54,27 @@ def local_slice(batch: jax.Array, data_parallel: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(batch, start, size)
 
 
+def over_mesh(
+    fn: Callable, mesh: Mesh | None, in_axes: Sequence[int | None], out_specs: Any
+) -> Callable:
+    """``fn`` under ``shard_map`` on ``mesh``: member-axis arguments split, the others
+    replicated (``fn`` itself without a mesh).
+
+    Every device of a data row holds the same members; the collectives over the data axis
+    (gradients, BatchNorm statistics, metrics) keep their copies identical.
+    """
+    if mesh is None:
+        return fn
+    spec = lambda axis: P(MEMBER_AXIS) if axis == 0 else P()  # noqa: E731
+    return jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=tuple(spec(a) for a in in_axes),
+        out_specs=out_specs,
+        check_vma=False,
+    )
+
+
 def _with_rule(program: Callable, named_after: Callable) -> Callable:
     """``program`` with its last argument, the optimizer ``rule``, optional (0: a run of
     one optimizer) and always an int32 scalar, so every value shares one compiled program."""
@@ -173,7 +194,7 @@ class GroupPrograms:
         )
         self._init_optimizer = jax.jit(self._member_init_optimizer)
         self.train_step = jax.jit(
-            _with_rule(self._over_mesh(self._step, STEP_AXES, STEP_OUT_SPECS), self._step),
+            _with_rule(over_mesh(self._step, spec.mesh, STEP_AXES, STEP_OUT_SPECS), self._step),
             donate_argnums=(0, 1),
         )
         self._epochs: dict[int, Callable] = {}
@@ -189,23 +210,6 @@ class GroupPrograms:
             return _stack_on_device(members)
         return shard_members(jax.tree.map(lambda *leaves: np.stack(leaves), *members),
                              self.spec.mesh)  # fmt: skip
-
-    def _over_mesh(self, fn: Callable, in_axes: Sequence[int | None], out_specs: Any) -> Callable:
-        """``fn`` under ``shard_map``: member-axis arguments split, the others replicated.
-
-        Every device of a data row holds the same members; the collectives over the data
-        axis (gradients, BatchNorm statistics, metrics) keep their copies identical.
-        """
-        if self.spec.mesh is None:
-            return fn
-        spec = lambda axis: P(MEMBER_AXIS) if axis == 0 else P()  # noqa: E731
-        return jax.shard_map(
-            fn,
-            mesh=self.spec.mesh,
-            in_specs=tuple(spec(a) for a in in_axes),
-            out_specs=out_specs,
-            check_vma=False,
-        )
 
     def rule(self, group: str) -> jax.Array:
         """The ``rule`` argument of the step and epoch programs for ``group``'s members."""
@@ -225,7 +229,7 @@ class GroupPrograms:
                 return state, metrics
 
             self._epochs[num_steps] = jax.jit(
-                _with_rule(self._over_mesh(epoch, EPOCH_AXES, STEP_OUT_SPECS), epoch),
+                _with_rule(over_mesh(epoch, self.spec.mesh, EPOCH_AXES, STEP_OUT_SPECS), epoch),
                 donate_argnums=(0, 1),
             )
         return self._epochs[num_steps]
@@ -298,6 +302,7 @@ class GroupPrograms:
         metrics = metrics + jnp.stack([loss, correct, 1.0])
         return MemberState(params, batch_stats, opt_state), metrics
 
+
 class ModelPrograms:
     """The programs of a run that depend on the network only, shared by all its groups.
 
@@ -321,15 +326,9 @@ class ModelPrograms:
         )
         self.init_variables = jax.jit(self._member_variables)
         predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
-        if spec.mesh is not None:
-            predict = jax.shard_map(
-                predict,
-                mesh=spec.mesh,
-                in_specs=(P(MEMBER_AXIS), P()),
-                out_specs=P(MEMBER_AXIS, DATA_AXIS),
-                check_vma=False,
-            )
-        self.predict = jax.jit(predict)
+        self.predict = jax.jit(
+            over_mesh(predict, spec.mesh, PREDICT_AXES, P(MEMBER_AXIS, DATA_AXIS))
+        )
 
     def _member_variables(self, key: jax.Array) -> Any:
         size = self.spec.image_size

@@ -289,12 +289,13 @@ class FoldCheckpoints:
     ) -> None:
         """Saves the state of every slot after ``epoch`` epochs (asynchronously)."""
         checksum = to_host(state_checksum(state)).tolist()
-        meta = {"checksum": checksum, "log_rows": log_rows, "slots": len(diverged)}
+        meta = {"checksum": checksum, "log_rows": log_rows, "slots": len(diverged),
+                "members": members}  # fmt: skip
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave({"state": state, "diverged": diverged}),
-                meta=ocp.args.JsonSave({**meta, "members": members}),
+                meta=ocp.args.JsonSave(meta),
             ),
         )
 
@@ -322,8 +323,8 @@ class FoldCheckpoints:
         return None
 
     def _restore(self, epoch, template, diverged, members, place):
-        meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta = meta["meta"]
+        only_meta = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        meta = self._manager.restore(epoch, args=only_meta)["meta"]
         stored_slots, stored_members = meta["slots"], meta["members"]
         if stored_members != members:
             raise ValueError(f"it holds {stored_members} members, the group has {members}")
