@@ -66,7 +66,7 @@ from training.placement import (  # noqa: E402
     replicate,
     resolve_placement,
 )
-from training.programs import GroupData, GroupPrograms, ProgramSpec, predict_members  # noqa: E402
+from training.programs import GroupData, ProgramSpec, RunPrograms, predict_members  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATASHEET_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, FLOP/s
@@ -129,7 +129,7 @@ class Bench:
         self.images = rng.integers(0, 256, (self.count, size, size, 3), dtype=np.uint8)
         self.labels = rng.integers(0, CLASSES, self.count).astype(np.int32)
         init_keys, data_keys = member_keys(0, GROUP, 0, pool)
-        programs = GroupPrograms(self.spec(self.placement("loop", "python", pool)))
+        programs = RunPrograms(self.spec(self.placement("loop", "python", pool)))
         started = time.perf_counter()
         self.state = jax.block_until_ready(programs.init(init_keys))
         self.init_s = time.perf_counter() - started  # compile + run of the init program
@@ -140,8 +140,8 @@ class Bench:
         return placement_for(strategy, step_loop, members, self.batch)
 
     def spec(self, placement, config=None) -> ProgramSpec:
-        return ProgramSpec.for_group(config or self.config, GROUP, CLASSES, placement,
-                                     NORMALIZATION)  # fmt: skip
+        config = dataclasses.replace(config or self.config, optimizers={GROUP: 1})
+        return ProgramSpec.for_run(config, CLASSES, placement, NORMALIZATION)
 
     def inputs(self, placement, sharding=None):
         """Fresh (state, metrics, orders, keys, data) of the first ``slots`` pool members,
@@ -159,14 +159,31 @@ class Bench:
 
 
 def step_program(bench: Bench, strategy: str, members: int):
-    """(placement, member sharding, jitted group step) of a row. A hybrid maps a one-member
-    trainer program over the members with ``jax.lax.map`` (vmapping chunks of
+    """(placement, member sharding, compile) of a row: ``compile(state, metrics, orders,
+    keys, data)`` returns the compiled program (for its cost analysis) and ``run(state,
+    metrics, orders, step, keys, data)``, one step of every member as the trainer runs it
+    (a ``loop`` placement calls the one-member program per member). A hybrid maps a
+    one-member trainer step over the members with ``jax.lax.map`` (vmapping chunks of
     ``ts.HYBRIDS[strategy]``)."""
     if strategy not in ts.HYBRIDS:
         placement = bench.placement(strategy, "python", members)
-        programs = GroupPrograms(bench.spec(placement))
-        return placement, programs.member_sharding, programs.train_step
-    one = GroupPrograms(bench.spec(bench.placement("loop", "python", 1))).train_step
+        programs = RunPrograms(bench.spec(placement))
+        rules = programs.rules([GROUP] * placement.slots)
+        first = (jnp.int32(0),) if placement.chunk is not None else ()
+
+        def compile_trainer_step(state, metrics, orders, keys, data):
+            compiled = programs.step_program.lower(
+                state, metrics, orders, jnp.int32(0), keys, data, rules, *first
+            ).compile()
+
+            def run(state, metrics, orders, step, keys, data):
+                return programs.run_chunks(compiled, state, metrics, orders, jnp.int32(step),
+                                           keys, data, rules)  # fmt: skip
+
+            return compiled, run
+
+        return placement, programs.member_sharding, compile_trainer_step
+    one = RunPrograms(bench.spec(bench.placement("loop", "python", 1))).train_step
     chunk = ts.HYBRIDS[strategy]
 
     def member_step(member, step, data):
@@ -178,7 +195,12 @@ def step_program(bench: Bench, strategy: str, members: int):
                            (state, metrics, orders, keys), batch_size=chunk if chunk > 1 else None)
 
     step = jax.jit(group_step, donate_argnums=(0, 1))
-    return bench.placement("loop", "python", members), None, step
+
+    def compile_hybrid(state, metrics, orders, keys, data):
+        compiled = step.lower(state, metrics, orders, jnp.int32(0), keys, data).compile()
+        return compiled, lambda s, m, o, i, k, d: compiled(s, m, o, jnp.int32(i), k, d)
+
+    return bench.placement("loop", "python", members), None, compile_hybrid
 
 
 def check_against(reference, params, losses, steps: int, bench: Bench) -> dict:
@@ -207,13 +229,16 @@ def check_against(reference, params, losses, steps: int, bench: Bench) -> dict:
 def measure_row(bench: Bench, strategy: str, members: int, reference, timing: dict) -> tuple:
     """Compiles, checks and times one group step; returns (row, params, losses, compiled)."""
     before, started = device_memory(), time.perf_counter()
-    placement, sharding, step = step_program(bench, strategy, members)
+    placement, sharding, compile_step = step_program(bench, strategy, members)
     state, metrics, orders, keys, data = bench.inputs(placement, sharding)
-    compiled = step.lower(state, metrics, orders, 0, keys, data).compile()
+    compiled, run = compile_step(state, metrics, orders, keys, data)
     compile_s = time.perf_counter() - started
+    # Members one call of the compiled program trains: all slots, or a chunk per device row.
+    per_call = placement.slots if placement.chunk is None else (
+        placement.mesh_shape["member"] * placement.chunk)
     spe = bench.settings["steps_per_epoch"]
     for i in range(timing["check_steps"]):
-        state, metrics = compiled(state, metrics, orders, i, keys, data)
+        state, metrics = run(state, metrics, orders, i, keys, data)
     params = jax.tree.map(lambda leaf: jnp.copy(leaf[:members]), state.params)  # kept
     losses = np.asarray(metrics[:members, 0])
     check = check_against(reference, params, losses, timing["check_steps"], bench)
@@ -221,7 +246,7 @@ def measure_row(bench: Bench, strategy: str, members: int, reference, timing: di
     for _ in range(timing["repeats"]):  # no sync between steps, as in the trainer
         start = time.perf_counter()
         for _ in range(timing["steps"]):
-            state, metrics = compiled(state, metrics, orders, i % spe, keys, data)
+            state, metrics = run(state, metrics, orders, i % spe, keys, data)
             i += 1
         jax.block_until_ready((state, metrics))
         times.append((time.perf_counter() - start) / timing["steps"])
@@ -233,13 +258,13 @@ def measure_row(bench: Bench, strategy: str, members: int, reference, timing: di
         strategy=strategy, members=members, slots=placement.slots,
         benchmark_only=strategy in ts.HYBRIDS, compile_s=compile_s, step_ms=1e3 * step_s,
         images_per_s=members * bench.batch / step_s, images_per_s_per_member=bench.batch / step_s,
-        xla_flops_per_image=flops / (placement.slots * bench.batch) if flops else None,
-        compiled_mb_per_member=footprint * devices / placement.slots / 1e6 if footprint else None,
+        xla_flops_per_image=flops / (per_call * bench.batch) if flops else None,
+        compiled_mb_per_member=footprint * devices / per_call / 1e6 if footprint else None,
         device_peak_delta_mb_per_member=delta / members / 1e6 if delta else None,
         device_peak_mb_process=after["peak_bytes_in_use"] / 1e6 if after else None,
         check=check, row_s=time.perf_counter() - started,
     )  # fmt: skip
-    return row, params, losses, compiled
+    return row, params, losses, run
 
 
 def _print_row(row: dict) -> None:
@@ -285,8 +310,8 @@ def efficiency(bench: Bench, suite: dict, report: ts.Report, deadline: float, pe
                     report.save()
                     continue
             try:
-                row, params, losses, compiled = measure_row(bench, strategy, members, reference,
-                                                            timing)  # fmt: skip
+                row, params, losses, run = measure_row(bench, strategy, members, reference,
+                                                       timing)  # fmt: skip
             except Exception as error:  # noqa: BLE001  (one failing row must not end the run)
                 rows.append(dict(strategy=strategy, members=members, error=repr(error)[:800]))
                 _print_row(rows[-1])
@@ -299,7 +324,7 @@ def efficiency(bench: Bench, suite: dict, report: ts.Report, deadline: float, pe
             if strategy == "loop" and (reference is None or members > len(reference[1])):
                 reference = (params, losses)
             if strategy == "loop" and members == loop_members:
-                kept = dict(compiled=compiled, row=row)
+                kept = dict(run=run, row=row)
             rows.append(row)
             _print_row(row)
             report.save()
@@ -313,7 +338,7 @@ def step_loops(bench: Bench, suite: dict, report: ts.Report, deadline: float, ke
     if not kept:
         rows.append(dict(loop="python", skipped=f"no measured loop row with N={members}"))
         return
-    python = kept["compiled"]
+    python = kept["run"]
     placement = bench.placement("loop", "python", members)
 
     def run_python(state, metrics, orders, keys, data):
@@ -337,15 +362,19 @@ def step_loops(bench: Bench, suite: dict, report: ts.Report, deadline: float, ke
             continue
         try:
             scan_placement = bench.placement("loop", "scan", members)
-            epoch = GroupPrograms(bench.spec(scan_placement, config)).train_epoch(steps)
+            programs = RunPrograms(bench.spec(scan_placement, config))
+            rules = programs.rules([GROUP] * scan_placement.slots)
+            first = (jnp.int32(0),) if scan_placement.chunk is not None else ()
             started = time.perf_counter()
-            compiled = epoch.lower(*bench.inputs(scan_placement)).compile()
+            compiled = programs.epoch_program(steps).lower(
+                *bench.inputs(scan_placement), rules, *first
+            ).compile()
             compile_s = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001
             rows.append(dict(loop="scan", unroll=unroll, error=repr(error)[:800]))
             continue
-        candidates.append(("scan", unroll, lambda *a, c=compiled: jax.block_until_ready(c(*a)),
-                           compile_s))  # fmt: skip
+        candidates.append(("scan", unroll, lambda *a, c=compiled, p=programs, r=rules:
+                           jax.block_until_ready(p.run_chunks(c, *a, r)), compile_s))  # fmt: skip
     for name, unroll, run, compile_s in candidates:
         state, metrics = run(*bench.inputs(placement))
         check = check_against(reference, jax.tree.map(lambda leaf: leaf[:members], state.params),
@@ -366,7 +395,7 @@ def step_loops(bench: Bench, suite: dict, report: ts.Report, deadline: float, ke
 def measure_predict(bench: Bench, strategy: str, members: int) -> dict:
     """Compile and run time of the test-set predictions of a HeLa fold (173 images)."""
     placement = bench.placement(strategy, "python", members)
-    programs = GroupPrograms(bench.spec(placement))
+    programs = RunPrograms(bench.spec(placement))
     state = bench.inputs(placement, programs.member_sharding)[0]
     test = bench.images[np.arange(ts.HELA["images"] // ts.HELA["folds"] + 1) % bench.count]
     batch = bench.config.eval_batch_size

@@ -80,13 +80,25 @@ def log_path(run_dir: str | os.PathLike, fold: int, group: str) -> str:
     return os.path.join(run_dir, LOGS_DIR, f"fold{fold}", f"{group}.csv")
 
 
-def checkpoint_dir(run_dir: str | os.PathLike, fold: int, group: str) -> str:
-    return os.path.join(run_dir, CHECKPOINTS_DIR, f"fold{fold}", group)
+# Every group of a fold trains on one member axis, so the fold has one checkpoint series;
+# no group is called this (group names are optimizer names).
+FOLD_CHECKPOINTS = "members"
 
 
-def set_aside_dir(run_dir: str | os.PathLike, fold: int, group: str) -> str:
+def checkpoint_dir(run_dir: str | os.PathLike, fold: int) -> str:
+    return os.path.join(run_dir, CHECKPOINTS_DIR, f"fold{fold}", FOLD_CHECKPOINTS)
+
+
+def set_aside_dir(run_dir: str | os.PathLike, fold: int) -> str:
     """Where checkpoints that cannot be used are moved (never deleted)."""
-    return checkpoint_dir(run_dir, fold, group) + SET_ASIDE_SUFFIX
+    return checkpoint_dir(run_dir, fold) + SET_ASIDE_SUFFIX
+
+
+def group_checkpoint_dirs(run_dir: str | os.PathLike, fold: int, groups: Iterable[str]) -> list:
+    """Checkpoints of a fold's groups kept one per group (trainers before one member axis
+    for the whole run); this trainer cannot continue from them."""
+    folder = os.path.join(run_dir, CHECKPOINTS_DIR, f"fold{fold}")
+    return [os.path.join(folder, g) for g in groups if os.path.isdir(os.path.join(folder, g))]
 
 
 # --- sweeps ------------------------------------------------------------------------------

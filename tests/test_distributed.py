@@ -111,8 +111,8 @@ def launch_two_process_run(out_dir: str, log_dir: str, mesh_args: list[str]) -> 
 
 
 def restore_checkpoint(run_dir: str, step: int) -> dict:
-    """A checkpoint of the trainer's fold-0 dgrad group as NumPy arrays, on any topology."""
-    path = os.path.join(run_dir, "checkpoints", "fold0", "dgrad", str(step), "state")
+    """The trainer's fold-0 checkpoint as NumPy arrays, on any topology."""
+    path = os.path.join(run_dir, "checkpoints", "fold0", "members", str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(path).item_metadata.tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)

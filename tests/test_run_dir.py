@@ -115,7 +115,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
     interrupted, uninterrupted, damage, capsys
 ):
     config = interrupted
-    checkpoint = Path(config.out_dir) / "checkpoints" / "fold0" / "diffgrad" / "1"
+    checkpoint = Path(config.out_dir) / "checkpoints" / "fold0" / "members" / "1"
     assert checkpoint.is_dir()
     damage(checkpoint)
     steps = []
@@ -128,9 +128,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
     )
     error = capsys.readouterr().err
     assert f"checkpoint {checkpoint} cannot be used" in error and "moved to" in error
-    assert {epoch for _, _, epoch, _ in steps} == {0, 1, 2}  # trained again from scratch
+    assert {epoch for _, epoch, _ in steps} == {0, 1, 2}  # trained again from scratch
     # Never deleted: moved aside, named in the message, and kept.
-    (kept,) = (checkpoint.parent.parent / "diffgrad.set-aside").iterdir()
+    (kept,) = (checkpoint.parent.parent / "members.set-aside").iterdir()
     assert kept.name.startswith("1-") and str(kept) in error
     assert (kept / "meta").is_dir()
     np.testing.assert_array_equal(
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
 def test_finished_checkpoints_are_removed_unless_kept(tmp_path, keep):
     result = run(tmp_path, small_digits(), optimizers={"sgd": 1}, folds=(0,), epochs=1,
                  keep_checkpoints=keep)  # fmt: skip
-    group_checkpoints = Path(result.run_dir) / "checkpoints" / "fold0" / "sgd"
+    group_checkpoints = Path(result.run_dir) / "checkpoints" / "fold0" / "members"
     assert group_checkpoints.is_dir() == keep
     assert (Path(result.run_dir) / "scores" / "fold0" / "sgd.npz").exists()
 
@@ -310,7 +310,7 @@ def test_checkpoints_by_time_resume_bit_identical(tmp_path, uninterrupted, minut
     steps = []
     train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
                          on_step=lambda *where: steps.append(where))  # fmt: skip
-    assert {epoch for _, _, epoch, _ in steps} == retrained
+    assert {epoch for _, epoch, _ in steps} == retrained
     np.testing.assert_array_equal(
         load_scores(config.out_dir, 0, "diffgrad")["scores"],
         load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
@@ -320,5 +320,5 @@ def test_checkpoints_by_time_resume_bit_identical(tmp_path, uninterrupted, minut
 def test_by_default_a_kept_fold_keeps_its_last_epoch(tmp_path):
     result = run(tmp_path, small_digits(), optimizers={"sgd": 1}, folds=(0,), epochs=2,
                  checkpoint_every=None, keep_checkpoints=True)  # fmt: skip
-    steps = Path(result.run_dir) / "checkpoints" / "fold0" / "sgd"
+    steps = Path(result.run_dir) / "checkpoints" / "fold0" / "members"
     assert [p.name for p in steps.iterdir() if p.name.isdigit()] == ["2"]

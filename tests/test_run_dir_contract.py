@@ -238,13 +238,13 @@ MESHED = dict(optimizers={"dgrad": 3}, folds=(0,), epochs=2, strategy="sharded")
 def test_resume_on_another_mesh_restores_the_padded_checkpoint(tmp_path, shared_runs, capsys):
     # dgrad:3 on member=2 trains 4 slots, one of them padding; member=1 trains 3.
     before = shared_runs.interrupted(tmp_path, **MESHED, mesh={"member": 2, "data": 2})
-    checkpoint = Path(before.out_dir) / "checkpoints" / "fold0" / "dgrad" / "1"
+    checkpoint = Path(before.out_dir) / "checkpoints" / "fold0" / "members" / "1"
     assert checkpoint.is_dir()
     steps = []
     after = dataclasses.replace(before, mesh={"member": 1, "data": 4})
     _train(after, resume=True, on_step=lambda *where: steps.append(where))
     assert "cannot be used" not in capsys.readouterr().err
-    assert {epoch for _, _, epoch, _ in steps} == {1}  # epoch 0 came from the checkpoint
+    assert {epoch for _, epoch, _ in steps} == {1}  # epoch 0 came from the checkpoint
     uninterrupted = shared_runs.finished(**MESHED, mesh={"member": 2, "data": 2})
     np.testing.assert_allclose(
         load_scores(after.out_dir, 0, "dgrad")["scores"],

@@ -13,7 +13,7 @@ import train
 from rundir import grid_points
 from training.config import parse_sweep
 from training.optimizers import OPTIMIZER_NAMES
-from training.programs import GroupPrograms, group_programs, model_programs
+from training.programs import RunPrograms, model_programs, run_programs
 
 # Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
 COMMON = dict(optimizers={"dgrad": 2}, folds=(1,), epochs=1, augment="paper")
@@ -46,9 +46,9 @@ def test_a_four_point_sweep_compiles_the_step_once(tmp_path):
                          sweep={"learning_rate": (1e-2, 3e-3, 1e-3, 3e-4)})  # fmt: skip
     with count_backend_compiles() as compiled:
         result = train.train_ensemble(config, dataset=small_digits(), progress=False,
-                                      build_programs=GroupPrograms)  # fmt: skip
+                                      build_programs=RunPrograms)  # fmt: skip
     steps = [name for name in compiled if "_member_step" in name]
-    assert steps == ["jit(_member_step_over_members)"]  # 4 grid points, 2 folds, 1 compile
+    assert steps == ["jit(_member_step_chunk)"]  # 4 grid points, 2 folds, 1 compile
     assert len(result.groups) == 4
 
 
@@ -119,7 +119,7 @@ def test_a_run_compiles_each_program_once_whatever_its_groups(tmp_path, groups):
     a group picks its optimizer at run time, and the network's programs do not depend on it.
     """
     config = fast_config(tmp_path, folds=(0,), epochs=1, **groups)
-    group_programs.cache_clear()  # programs of earlier tests in this process would be reused
+    run_programs.cache_clear()  # programs of earlier tests in this process would be reused
     model_programs.cache_clear()
     with count_backend_compiles() as compiled:
         train.train_ensemble(config, dataset=small_digits(), progress=False)
@@ -127,6 +127,6 @@ def test_a_run_compiles_each_program_once_whatever_its_groups(tmp_path, groups):
     assert members == {
         "jit(_member_variables)": 1,  # the network's init, one member, called per key
         "jit(_member_init_optimizer)": 1,  # the optimizer state's init
-        "jit(_member_step_over_members)": 1,
-        "jit(_member_predict_over_members)": 1,
+        "jit(_member_step_chunk)": 1,  # one member's step, called per member (loop)
+        "jit(_member_predict_chunk)": 1,
     }

@@ -23,7 +23,7 @@ from data import ImageDataset, load_dataset
 from models.pretrained import Normalization
 from training.config import config_to_json
 from training.placement import resolve_placement
-from training.programs import GroupPrograms, ProgramSpec
+from training.programs import ProgramSpec, RunPrograms
 
 FAST = dict(
     model="resnet_tiny",
@@ -68,16 +68,16 @@ def run(tmp_path, dataset, name="run", **overrides) -> train.TrainResult:
     return train.train_ensemble(config, dataset=dataset, progress=False)
 
 
-def programs_for(config, group, members, strategy="loop") -> GroupPrograms:
+def programs_for(config, members, strategy="loop") -> RunPrograms:
     placement = resolve_placement(strategy, "python", members, batch_size=config.batch_size)
-    return GroupPrograms(ProgramSpec.for_group(config, group, 10, placement, HALF))
+    return RunPrograms(ProgramSpec.for_run(config, 10, placement, HALF))
 
 
 def programs_with(wrap_init=None, wrap_predict=None):
     """A ``build_programs`` factory whose programs' init or predict are wrapped."""
 
     def build(spec):
-        programs = GroupPrograms(spec)
+        programs = RunPrograms(spec)
         if wrap_init is not None:
             programs.init = wrap_init(programs.init)
         if wrap_predict is not None:
@@ -99,7 +99,7 @@ class Killed(Exception):
 def kill_at(epoch: int, step: int):
     """An ``on_step`` callback that interrupts the run after ``step`` of ``epoch`` (0-based)."""
 
-    def on_step(group, fold, at_epoch, at_step):
+    def on_step(fold, at_epoch, at_step):
         if (at_epoch, at_step) == (epoch, step):
             raise Killed
 

@@ -1,7 +1,9 @@
 """``train_ensemble``: a run from config to score files, and its result and summary.
 
-It reads top-down as the data flows: config -> data and folds -> checks (weights, run
-directory) -> run directory -> per group: placement and programs -> per fold: train, score.
+It reads top-down as the data flows: config -> data and folds -> the member axis (every
+group's members) and its placement -> checks (weights, run directory) -> run directory ->
+programs -> per fold: the groups left to train, trained side by side -> a score file per
+group.
 """
 
 from __future__ import annotations
@@ -23,12 +25,26 @@ from ensembling.score_files import ScoreFileError, read_score_file, write_score_
 from ensembling.specs import grid_point_group
 from ensembling.tables import accuracy_mean_and_std
 from models.pretrained import check_pretrained, preprocessing_for
-from rundir import ScoreProvenance, grid_members, grid_points, provenance_mismatch
+from rundir import (
+    ScoreProvenance,
+    grid_members,
+    grid_points,
+    group_checkpoint_dirs,
+    provenance_mismatch,
+)
 from training.config import TrainConfig, validate_config
-from training.fold import Fold, FoldOutcome, GroupRun, StepCallback, train_fold, warn
+from training.fold import (
+    Fold,
+    FoldMembers,
+    FoldOutcome,
+    MemberGroup,
+    StepCallback,
+    train_fold,
+    warn,
+)
 from training.members import member_seed
 from training.placement import Placement, describe_placement, resolve_placement
-from training.programs import GroupPrograms, ProgramFactory, ProgramSpec, group_programs
+from training.programs import ProgramFactory, ProgramSpec, RunPrograms, run_programs
 from training.run_dir import RunDirectory
 
 
@@ -40,8 +56,8 @@ class GroupResult:
       member_accuracy: each member's accuracy on the test splits of all trained folds pooled.
       fused_accuracy: the sum-rule accuracy of the group's non-diverged members.
       diverged: indices of members whose loss became NaN or inf in any fold.
-      seconds: wall time spent training and scoring the group's folds. The groups share
-        their programs, so the first group's seconds include compiling them.
+      seconds: wall time of the folds the group trained in. The groups of a fold train
+        side by side, so they share these seconds; the first fold's include compiling.
       scores: the members' test scores of all trained folds [members, n, classes].
       valid: bool [members, n], False in the folds where a member diverged.
     """
@@ -106,27 +122,23 @@ def _check_weights(config: TrainConfig, num_classes: int) -> None:
     """Opens the weight file and matches it against the model, without initialising it."""
     if config.weights is None:
         return
-    spec = ProgramSpec.for_group(
-        config,
-        next(iter(config.optimizers)),
-        num_classes,
-        Placement("loop", "loop", "python", None, 1),
-        preprocessing_for(config.weights),
-    )
-    programs = GroupPrograms(spec)
+    placement = Placement("loop", "loop", "python", None, 1, chunk=1)
+    spec = ProgramSpec.for_run(config, num_classes, placement, preprocessing_for(config.weights))
+    programs = RunPrograms(spec)
     shapes = jax.eval_shape(programs.init, jax.random.split(jax.random.key(0), 1))
-    variables = {
-        "params": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                               shapes.params),
-        "batch_stats": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                                    shapes.batch_stats),
-    }  # fmt: skip
+    one_member = (
+        lambda tree: jax.tree.map(  # noqa: E731
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), tree
+        )
+    )
+    variables = {"params": one_member(shapes.params), "batch_stats": one_member(shapes.batch_stats)}
     check_pretrained(config.weights, variables, stride_placement=config.stride_placement)
 
 
-def _expected_provenance(group: GroupRun, fold: Fold, digest: str) -> ScoreProvenance:
+def _expected_provenance(
+    config: TrainConfig, group: MemberGroup, fold: Fold, digest: str
+) -> ScoreProvenance:
     """What a fold/group's score file must say it was trained with."""
-    config = group.config
     return ScoreProvenance(
         config_digest=digest,
         group=group.name,
@@ -134,12 +146,14 @@ def _expected_provenance(group: GroupRun, fold: Fold, digest: str) -> ScoreProve
         member_seeds=np.array(
             [member_seed(config.seed, group.name, m) for m in group.member_indices], np.int64
         ),
-        hyperparameter_names=group.programs.spec.swept,
+        hyperparameter_names=tuple(config.sweep or ()),
         hyperparameter_values=group.swept_values,
     )
 
 
-def _read_finished(run_dir: RunDirectory, dataset: ImageDataset, fold: Fold, group: GroupRun):
+def _read_finished(
+    run_dir: RunDirectory, config: TrainConfig, fold: Fold, group: MemberGroup
+) -> FoldOutcome | None:
     """A finished fold/group's saved scores, or None (with a warning) if it must train again:
     the file is missing or damaged, or was not trained with exactly this run's settings,
     members and grid points on this fold's test split."""
@@ -152,7 +166,7 @@ def _read_finished(run_dir: RunDirectory, dataset: ImageDataset, fold: Fold, gro
         warn(f"warning: {error}; fold {fold.index} of {group.name} is trained again")
         return None
     problem = provenance_mismatch(
-        saved.provenance, _expected_provenance(group, fold, run_dir.digest)
+        saved.provenance, _expected_provenance(config, group, fold, run_dir.digest)
     )
     if problem is None and not np.array_equal(saved.test_indices, fold.test_indices):
         problem = "its test samples are not this fold's"
@@ -178,10 +192,12 @@ def train_ensemble(
     on_step: StepCallback | None = None,
     dataset: ImageDataset | None = None,
     devices: Sequence[jax.Device] | None = None,
-    build_programs: ProgramFactory = group_programs,
+    build_programs: ProgramFactory = run_programs,
 ) -> TrainResult:
     """Trains every optimizer group's members on every fold and writes their scores.
 
+    Every member of every group and grid point sits on one member axis: a fold trains them
+    side by side with one set of compiled programs, and writes a score file per group.
     Everything is checked (config, data, folds, weights, run directory) before anything is
     written or deleted.
 
@@ -192,12 +208,12 @@ def train_ensemble(
       overwrite: replace the run in ``config.out_dir``; only what the trainer wrote is
         removed, and a directory holding anything else is refused.
       progress: show a tqdm progress bar over epochs.
-      on_step: called as ``on_step(group, fold, epoch, step)`` after each step of the Python
-        step loop (for logging, or to interrupt a run); with ``step_loop="scan"`` the host
-        sees no step boundary, so it is not called.
+      on_step: called as ``on_step(fold, epoch, step)`` after each step of the Python step
+        loop (for logging, or to interrupt a run); with ``step_loop="scan"`` the host sees
+        no step boundary, so it is not called.
       dataset: an already loaded data set to use instead of loading ``config.dataset``.
       devices: the devices of the ``sharded`` strategy (default: all of them).
-      build_programs: ``ProgramSpec -> GroupPrograms``; the default caches compiled programs
+      build_programs: ``ProgramSpec -> RunPrograms``; the default caches compiled programs
         across calls. Pass another factory to wrap or instrument the programs.
 
     Returns:
@@ -212,78 +228,88 @@ def train_ensemble(
         dataset = load_dataset(config.dataset, config.image_size, data_dir=config.data_dir)
     folds = select_folds(config, dataset)
     num_classes = len(dataset.class_names)
-    normalization = preprocessing_for(config.weights)
     points = grid_points(config.sweep)
-    members = {name: count * len(points) for name, count in config.optimizers.items()}
-    placements = {
-        name: resolve_placement(
-            config.strategy,
-            config.step_loop,
-            members[name],
-            batch_size=config.batch_size,
-            mesh_shape=dict(config.mesh) if config.mesh is not None else None,
-            devices=devices,
-        )
-        for name in config.optimizers
-    }
+    groups = tuple(
+        MemberGroup(name, *grid_members(config.sweep, count))
+        for name, count in config.optimizers.items()
+    )
+    placement = resolve_placement(
+        config.strategy,
+        config.step_loop,
+        sum(group.members for group in groups),
+        batch_size=config.batch_size,
+        mesh_shape=dict(config.mesh) if config.mesh is not None else None,
+        devices=devices,
+        member_chunk=config.member_chunk,
+    )
     _check_weights(config, num_classes)
     train_rows = max(len(fold.train_indices) for fold in folds)
     labels = np.concatenate([dataset.labels[fold.test_indices] for fold in folds])
 
     planned_folds = [fold.index for fold in folds]
     with RunDirectory.open(config, planned_folds, resume=resume, overwrite=overwrite) as run_dir:
-        largest = max(members, key=members.get)
-        print(describe_placement(placements[largest], config.strategy, config.step_loop))
-        total_epochs = len(config.optimizers) * len(folds) * config.epochs
-        bar = tqdm(total=total_epochs, unit="epoch", disable=not progress or jax.process_index())
-        groups: dict[str, GroupResult] = {}
-        for name, per_point in config.optimizers.items():
+        print(describe_placement(placement, config.strategy, config.step_loop))
+        spec = ProgramSpec.for_run(config, num_classes, placement,
+                                   preprocessing_for(config.weights))  # fmt: skip
+        programs = build_programs(spec)
+        bar = tqdm(total=len(folds) * config.epochs, unit="epoch",
+                   disable=not progress or jax.process_index())  # fmt: skip
+        outcomes: dict[str, list[FoldOutcome]] = {group.name: [] for group in groups}
+        seconds = dict.fromkeys(outcomes, 0.0)
+        for fold in folds:
             started = time.perf_counter()
-            spec = ProgramSpec.for_group(config, name, num_classes, placements[name],
-                                         normalization)  # fmt: skip
-            member_indices, swept_values = grid_members(config.sweep, per_point)
-            group = GroupRun(
-                config,
-                name,
-                members[name],
-                placements[name],
-                build_programs(spec),
-                train_rows,
-                member_indices=member_indices,
-                swept_values=swept_values,
-            )
-            outcomes = []
-            for fold in folds:
-                bar.set_description(f"{name} fold {fold.index}")
-                outcomes.append(_score_fold(group, dataset, fold, run_dir, resume, bar, on_step))
-            seconds = time.perf_counter() - started
-            for index, point in enumerate(points):
-                rows = slice(index * per_point, (index + 1) * per_point)
-                point_outcomes = [FoldOutcome(o.scores[rows], o.diverged[rows]) for o in outcomes]
-                groups[grid_point_group(name, point.items()) if point else name] = _group_result(
-                    point_outcomes, folds, labels, seconds / len(points)
-                )
+            bar.set_description(f"fold {fold.index}")
+            finished = {
+                group.name: _read_finished(run_dir, config, fold, group) if resume else None
+                for group in groups
+            }
+            left = tuple(group for group in groups if finished[group.name] is None)
+            if left:
+                axis = FoldMembers(config, left, placement, programs, train_rows)
+                trained = _train_and_write(axis, dataset, fold, run_dir, resume, bar, on_step)
+            else:
+                trained = {}
+                bar.update(config.epochs)
+            if jax.process_index() == 0 and not config.keep_checkpoints:
+                run_dir.remove_checkpoints(fold.index)
+            elapsed = time.perf_counter() - started
+            for group in groups:
+                outcomes[group.name].append(finished[group.name] or trained[group.name])
+                seconds[group.name] += elapsed if group.name in trained else 0.0
         bar.close()
+    results: dict[str, GroupResult] = {}
+    for group in groups:
+        per_point = config.optimizers[group.name]
+        for index, point in enumerate(points):
+            rows = slice(index * per_point, (index + 1) * per_point)
+            point_outcomes = [FoldOutcome(o.scores[rows], o.diverged[rows])
+                              for o in outcomes[group.name]]  # fmt: skip
+            name = grid_point_group(group.name, point.items()) if point else group.name
+            results[name] = _group_result(point_outcomes, folds, labels, seconds[group.name])
     fused = sum_rule_accuracy(
-        np.concatenate([g.scores for g in groups.values()]),
+        np.concatenate([g.scores for g in results.values()]),
         labels,
-        np.concatenate([g.valid for g in groups.values()]),
+        np.concatenate([g.valid for g in results.values()]),
     )
-    placement = placements[largest]
-    return TrainResult(run_dir.path, placement.strategy, placement.step_loop, groups, fused)
+    return TrainResult(run_dir.path, placement.strategy, placement.step_loop, results, fused)
 
 
-def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutcome:
-    """A fold/group's scores: read back when it finished before, else trained and written."""
-    config = group.config
-    outcome = _read_finished(run_dir, dataset, fold, group) if resume else None
-    if outcome is not None:
-        bar.update(config.epochs)
-    else:
-        outcome = train_fold(group, dataset, fold, run_dir, progress=bar, on_step=on_step)
-        if jax.process_index() == 0:
+def _train_and_write(axis, dataset, fold, run_dir, resume, bar, on_step):
+    """Trains the fold's groups left to train and writes a score file for each."""
+    config = axis.config
+    if resume:
+        for path in group_checkpoint_dirs(run_dir.path, fold.index, [g.name for g in axis.groups]):
+            warn(
+                f"warning: {path} holds a group's checkpoints from a trainer that kept one per "
+                f"group; this trainer keeps one per fold and cannot continue from it: fold "
+                f"{fold.index} trains from its start (the folder is kept)"
+            )
+    trained = train_fold(axis, dataset, fold, run_dir, progress=bar, on_step=on_step)
+    if jax.process_index() == 0:
+        for group in axis.groups:
+            outcome = trained[group.name]
             # The file says what it was trained with, as _read_finished will check it.
-            provenance = _expected_provenance(group, fold, run_dir.digest)
+            provenance = _expected_provenance(config, group, fold, run_dir.digest)
             names, values = provenance.hyperparameter_names, provenance.hyperparameter_values
             extra = (
                 {"hyperparameters": {k: values[:, j] for j, k in enumerate(names)}} if names else {}
@@ -308,9 +334,7 @@ def _score_fold(group, dataset, fold, run_dir, resume, bar, on_step) -> FoldOutc
                 config_digest=provenance.config_digest,
                 **extra,
             )
-    if jax.process_index() == 0 and not config.keep_checkpoints:
-        run_dir.remove_checkpoints(fold.index, group.name)
-    return outcome
+    return trained
 
 
 def _group_result(outcomes, folds, labels, seconds) -> GroupResult:
@@ -357,7 +381,7 @@ def format_summary(result: TrainResult) -> str:
     members = sum(len(g.member_accuracy) - len(g.diverged) for g in result.groups.values())
     lines.append(f"| all | {members} | | {100 * result.fused_accuracy:.2f} | | |")
     lines.append(
-        "seconds: training and scoring the group's folds; the first group's include compiling "
-        "the programs every group shares"
+        "seconds: wall time of the folds each group trained in; the groups of a fold train "
+        "side by side and share it, and the first fold's include compiling"
     )
     return "\n".join(lines)

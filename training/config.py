@@ -167,7 +167,7 @@ class TrainConfig:
     )
     strategy: str = _field(
         "auto",
-        "how a group's members share a program: vmap, loop, sharded or auto",
+        "how the members share a program: vmap, loop, sharded or auto",
         choices=MEMBER_STRATEGIES,
         affects_results=False,
     )
@@ -184,6 +184,13 @@ class TrainConfig:
         parse=parse_mesh,
         affects_results=False,
     )
+    member_chunk: int | None = _field(
+        None,
+        "under vmap, members per program call on a device, so that their activations fit its "
+        "memory (default: all it holds); loop trains one at a time",
+        parse=int,
+        affects_results=False,
+    )
     scan_unroll: int = _field(8, "steps unrolled per scan iteration", affects_results=False)
     eval_batch_size: int = _field(256, "test images per prediction call", affects_results=False)
     checkpoint_every: int | None = _field(
@@ -195,12 +202,12 @@ class TrainConfig:
     checkpoint_minutes: float = _field(
         1.0,
         "without --checkpoint-every: checkpoint at the end of an epoch once this many minutes "
-        "have passed since the fold/group started or was last saved",
+        "have passed since the fold started or was last saved",
         affects_results=False,
     )
     keep_checkpoints: bool = _field(
         False,
-        "keep a fold/group's checkpoints after its score file is written (default: remove them)",
+        "keep a fold's checkpoints after its score files are written (default: remove them)",
         affects_results=False,
     )
     out_dir: str = _field("runs/default", "the run directory", affects_results=False)
@@ -270,6 +277,7 @@ def validate_config(config: TrainConfig) -> None:
         ("image_size", 8),
         ("eval_batch_size", 1),
         ("scan_unroll", 1),
+        ("member_chunk", 1),
         ("checkpoint_every", 0),
         ("checkpoint_minutes", 0),
     ):

@@ -1,9 +1,9 @@
-"""One optimizer group on one fold: epochs, divergence, checkpoints, test scores.
+"""One fold of a run: every member of every group it trains, side by side on one axis.
 
 The data flow of a fold, in the order of :func:`train_fold`: member keys -> init (and
 pretrained weights) -> the fold's arrays on the device(s) -> resume from the newest good
 checkpoint -> per epoch: each member's order and augmentation key -> steps -> divergence
-and log -> checkpoint -> test-set softmax scores per member.
+and logs -> checkpoint -> test-set softmax scores per member, split by group.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from data import ImageDataset
 from training.config import TrainConfig
-from training.members import epoch_randomness, load_pretrained_members, member_keys
+from training.members import epoch_randomness, load_pretrained_members, slot_keys
 from training.placement import Placement, replicate, shard_members, to_host
-from training.programs import GroupData, GroupPrograms, predict_members
+from training.programs import GroupData, RunPrograms, predict_members
 from training.run_dir import RunDirectory
 
-StepCallback = Callable[[str, int, int, int], None]
+StepCallback = Callable[[int, int, int], None]
 
 
 class Fold(NamedTuple):
@@ -41,39 +41,76 @@ class Fold(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class GroupRun:
-    """One optimizer group of a run, with what every fold of it shares.
+class MemberGroup:
+    """One optimizer group's members: a label on a stretch of the run's member axis.
 
     Attributes:
-      config: the run's config.
-      name: the group name (``"dgrad"``).
-      members: how many members it trains (every grid point's, for a sweep).
-      placement: the members' strategy, step loop and mesh.
-      programs: its compiled programs.
-      train_rows: rows of the padded training array (the largest fold's training split).
+      name: the group name (``"dgrad"``), also the optimizer its members use.
       member_indices: each member's index in a plain run (its keys); a sweep repeats
         ``0 .. n-1`` at each grid point.
       swept_values: float64 [members, swept hyperparameters], each member's grid point.
     """
 
-    config: TrainConfig
     name: str
-    members: int
-    placement: Placement
-    programs: GroupPrograms
-    train_rows: int
     member_indices: tuple[int, ...]
     swept_values: np.ndarray
 
-    def slot_indices(self) -> list[int]:
-        """The member index of each slot; padding slots continue after the members."""
-        extra = range(self.members, self.placement.slots)
-        return [*self.member_indices, *extra]
+    @property
+    def members(self) -> int:
+        return len(self.member_indices)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldMembers:
+    """The members a fold trains: its groups one after another on one member axis, then
+    padding slots up to the placement's slot count (their scores are dropped).
+
+    Attributes:
+      config: the run's config.
+      groups: the groups trained, in axis order.
+      placement: where the members run.
+      programs: the run's compiled programs.
+      train_rows: rows of the padded training array (the largest fold's training split).
+    """
+
+    config: TrainConfig
+    groups: tuple[MemberGroup, ...]
+    placement: Placement
+    programs: RunPrograms
+    train_rows: int
+
+    @property
+    def members(self) -> int:
+        return sum(group.members for group in self.groups)
+
+    @property
+    def slots(self) -> int:
+        return self.placement.slots_for(self.members)
+
+    def layout(self) -> list[tuple[str, int]]:
+        """``(group, members)`` in axis order: what a checkpoint of this axis holds."""
+        return [(group.name, group.members) for group in self.groups]
+
+    def spans(self) -> dict[str, slice]:
+        """Each group's slots."""
+        spans, start = {}, 0
+        for group in self.groups:
+            spans[group.name] = slice(start, start + group.members)
+            start += group.members
+        return spans
+
+    def slot_members(self) -> list[tuple[str, int]]:
+        """Each slot's ``(group, member index)``, which gives its keys; the padding slots
+        continue the first group's indices."""
+        real = [(group.name, m) for group in self.groups for m in group.member_indices]
+        first = self.groups[0]
+        after = max(first.member_indices) + 1
+        return real + [(first.name, after + k) for k in range(self.slots - self.members)]
 
     def slot_swept_values(self) -> np.ndarray:
-        """``swept_values`` for every slot; padding slots repeat the first member's."""
-        padding = self.placement.slots - self.members
-        return np.concatenate([self.swept_values, np.repeat(self.swept_values[:1], padding, 0)])
+        """Each slot's grid point; padding slots repeat the first member's."""
+        values = np.concatenate([group.swept_values for group in self.groups])
+        return np.concatenate([values, np.repeat(values[:1], self.slots - self.members, 0)])
 
 
 class FoldOutcome(NamedTuple):
@@ -110,16 +147,17 @@ def _place_members(tree: Any, placement: Placement) -> Any:
     return shard_members(tree, placement.mesh)
 
 
-def _initial_state(group: GroupRun, init_keys: jax.Array) -> Any:
-    state = group.programs.init(init_keys, jnp.asarray(group.slot_swept_values()))
-    if group.config.weights is None:
+def _initial_state(axis: FoldMembers, init_keys: jax.Array) -> Any:
+    programs = axis.programs
+    state = programs.init(init_keys, jnp.asarray(axis.slot_swept_values()))
+    if axis.config.weights is None:
         return state
     return load_pretrained_members(
         state,
-        group.config.weights,
-        init_optimizer=group.programs.tx.init,
-        stride_placement=group.programs.model.stride_placement,
-        sharding=group.programs.member_sharding,
+        axis.config.weights,
+        init_optimizer=programs.tx.init,
+        stride_placement=programs.model.stride_placement,
+        sharding=programs.member_sharding,
     )
 
 
@@ -142,34 +180,34 @@ def _checkpoint_due(config: TrainConfig, epoch: int, seconds_since_save: float) 
 
 
 def train_fold(
-    group: GroupRun,
+    axis: FoldMembers,
     dataset: ImageDataset,
     fold: Fold,
     run_dir: RunDirectory,
     *,
     progress: tqdm | None = None,
     on_step: StepCallback | None = None,
-) -> FoldOutcome:
-    """Trains one group's members on one fold and returns their test scores and divergence.
+) -> dict[str, FoldOutcome]:
+    """Trains every member of ``axis`` on one fold; returns each group's test scores and
+    divergence.
 
-    Resumes from the newest good checkpoint of this fold and group when there is one.
+    Resumes from the fold's newest good checkpoint when there is one.
     """
-    config, placement, programs = group.config, group.placement, group.programs
-    slots, members = placement.slots, group.members
-    init_keys, data_keys = member_keys(
-        config.seed, group.name, fold.index, slots, group.slot_indices()
-    )
-    state = _initial_state(group, init_keys)
-    data = _fold_data(dataset, fold, group.train_rows, placement)
+    config, placement, programs = axis.config, axis.placement, axis.programs
+    slots, members, spans = axis.slots, axis.members, axis.spans()
+    slot_members = axis.slot_members()
+    init_keys, data_keys = slot_keys(config.seed, fold.index, slot_members)
+    rules = programs.rules([group for group, _ in slot_members])
+    state = _initial_state(axis, init_keys)
+    data = _fold_data(dataset, fold, axis.train_rows, placement)
     steps = len(fold.train_indices) // config.batch_size
-    rule = programs.rule(group.name)  # which of the shared step's optimizers this group uses
 
     diverged = np.zeros(slots, bool)
-    start_epoch, log_rows = 0, []
+    start_epoch, log_rows = 0, {group.name: [] for group in axis.groups}
     last_save = time.monotonic()
-    with run_dir.checkpoints(fold.index, group.name) as checkpoints:
+    with run_dir.checkpoints(fold.index) as checkpoints:
         restored = checkpoints.restore_latest(
-            state, diverged, members, lambda tree: _place_members(tree, placement), warn
+            state, diverged, axis.layout(), lambda tree: _place_members(tree, placement), warn
         )
         if restored is not None:
             start_epoch, state, diverged, log_rows = restored
@@ -177,43 +215,48 @@ def train_fold(
             progress.update(start_epoch)
         for epoch in range(start_epoch, config.epochs):
             orders, augment_keys = epoch_randomness(
-                data_keys, jnp.asarray(epoch), data.num_train, group.train_rows
+                data_keys, jnp.asarray(epoch), data.num_train, axis.train_rows
             )
             # Placed as the step returns it, so the second step reuses the first's program.
             metrics = shard_members(np.zeros((slots, 3), np.float32), placement.mesh)
             if placement.step_loop == "scan":
                 run_epoch = programs.train_epoch(steps)
-                state, metrics = run_epoch(state, metrics, orders, augment_keys, data, rule=rule)
+                state, metrics = run_epoch(state, metrics, orders, augment_keys, data, rules)
             else:
                 for step in range(steps):
                     state, metrics = programs.train_step(
-                        state, metrics, orders, step, augment_keys, data, rule=rule
+                        state, metrics, orders, step, augment_keys, data, rules
                     )
                     if on_step is not None:
-                        on_step(group.name, fold.index, epoch, step)
+                        on_step(fold.index, epoch, step)
             loss_sum, correct, counted = to_host(metrics).T
             loss = loss_sum / counted
             accuracy = correct / (counted * config.batch_size)
-            for m in np.flatnonzero(~np.isfinite(loss[:members]) & ~diverged[:members]):
-                warn(
-                    f"warning: {group.name} member {m} diverged in fold {fold.index}, epoch "
-                    f"{epoch + 1} (loss {loss[m]}); it is excluded from fusion"
-                )
+            for name, span in spans.items():
+                for m in np.flatnonzero(~np.isfinite(loss[span]) & ~diverged[span]):
+                    warn(
+                        f"warning: {name} member {m} diverged in fold {fold.index}, epoch "
+                        f"{epoch + 1} (loss {loss[span][m]}); it is excluded from fusion"
+                    )
             diverged |= ~np.isfinite(loss)
-            log_rows += [
-                dict(
-                    epoch=epoch + 1,
-                    member=m,
-                    loss=float(loss[m]),
-                    train_accuracy=float(accuracy[m]),
-                    diverged=bool(diverged[m]),
-                )
-                for m in range(members)
-            ]
-            if jax.process_index() == 0:
-                run_dir.write_log(fold.index, group.name, log_rows)
+            for name, span in spans.items():
+                log_rows[name] += [
+                    dict(
+                        epoch=epoch + 1,
+                        member=m,
+                        loss=float(loss[span][m]),
+                        train_accuracy=float(accuracy[span][m]),
+                        diverged=bool(diverged[span][m]),
+                    )
+                    for m in range(span.stop - span.start)
+                ]
+                if jax.process_index() == 0:
+                    run_dir.write_log(fold.index, name, log_rows[name])
             if _checkpoint_due(config, epoch, time.monotonic() - last_save):
-                checkpoints.save(epoch + 1, state, diverged.copy(), list(log_rows), members)
+                checkpoints.save(
+                    epoch + 1, state, diverged.copy(), axis.layout(),
+                    {name: list(rows) for name, rows in log_rows.items()},
+                )  # fmt: skip
                 last_save = time.monotonic()
             if progress is not None:
                 healthy = loss[:members][~diverged[:members]]
@@ -221,16 +264,17 @@ def train_fold(
                 progress.update(1)
     # The validation rows ride along in the test set's prediction calls.
     predicted = np.concatenate([fold.test_indices, fold.validation_indices])
-    scores = predict_members(
-        programs, state, dataset.images[predicted], config.eval_batch_size
-    )[:members]
-    diverged = diverged[:members]
-    # The loss is computed before each update, so a last update that breaks a member shows
-    # only in its scores.
-    for m in np.flatnonzero(~np.isfinite(scores).all(axis=(1, 2)) & ~diverged):
-        warn(f"warning: {group.name} member {m} gives non-finite test scores in fold "
-             f"{fold.index}; it is excluded from fusion")  # fmt: skip
-        diverged[m] = True
+    scores = predict_members(programs, state, dataset.images[predicted], config.eval_batch_size)
     n_test = len(fold.test_indices)
-    validation = scores[:, n_test:] if len(fold.validation_indices) else None
-    return FoldOutcome(scores[:, :n_test], diverged, validation)
+    outcomes = {}
+    for name, span in spans.items():
+        group_scores, group_diverged = scores[span], diverged[span]
+        # The loss is computed before each update, so a last update that breaks a member
+        # shows only in its scores.
+        for m in np.flatnonzero(~np.isfinite(group_scores).all(axis=(1, 2)) & ~group_diverged):
+            warn(f"warning: {name} member {m} gives non-finite test scores in fold "
+                 f"{fold.index}; it is excluded from fusion")  # fmt: skip
+            group_diverged[m] = True
+        validation = group_scores[:, n_test:] if len(fold.validation_indices) else None
+        outcomes[name] = FoldOutcome(group_scores[:, :n_test], group_diverged, validation)
+    return outcomes

@@ -35,13 +35,21 @@ def member_seed(run_seed: int, group: str, member: int) -> int:
 def member_keys(
     run_seed: int, group: str, fold: int, slots: int, member_indices: Sequence[int] | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """Each member slot's ``(init_key, data_key)``; the data keys also depend on the fold.
+    """Each member slot's ``(init_key, data_key)`` for one group; see :func:`slot_keys`.
 
     ``member_indices`` gives each slot's member index (default ``0 .. slots-1``): a sweep's
     member ``i`` at every grid point has the keys of member ``i`` of a plain run.
     """
     indices = range(slots) if member_indices is None else member_indices
-    keys = jnp.stack([jax.random.key(member_seed(run_seed, group, m)) for m in indices])
+    return slot_keys(run_seed, fold, [(group, m) for m in indices])
+
+
+def slot_keys(
+    run_seed: int, fold: int, members: Sequence[tuple[str, int]]
+) -> tuple[jax.Array, jax.Array]:
+    """Each slot's ``(init_key, data_key)`` from its ``(group, member index)``; the data keys
+    also depend on the fold. A member's keys do not depend on the slot it sits in."""
+    keys = jnp.stack([jax.random.key(member_seed(run_seed, g, m)) for g, m in members])
     init_keys, data_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     return init_keys, jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_keys, fold)
 
@@ -67,40 +75,6 @@ def epoch_randomness(
 def stack_members(trees: Sequence[Any]) -> Any:
     """Stacks one-member trees into a tree with a leading member axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def map_members(fn: Callable, strategy: str, in_axes: Sequence[int | None]) -> Callable:
-    """Applies a one-member function over the leading member axis of some arguments.
-
-    ``vmap`` turns the member axis into a batch axis (convolutions become grouped
-    convolutions); ``loop`` writes the members out one after another in the same program.
-    Both see the same keys and data, so they compute the same numbers.
-
-    Args:
-      fn: a function of one member's arguments.
-      strategy: "vmap" or "loop".
-      in_axes: per positional argument, 0 if it carries the member axis, None if shared.
-    """
-    if strategy == "vmap":
-        return jax.vmap(fn, in_axes=tuple(in_axes))
-
-    def looped(*args):
-        stacked = next(a for a, axis in zip(args, in_axes, strict=True) if axis == 0)
-        count = jax.tree.leaves(stacked)[0].shape[0]
-        return stack_members(
-            [
-                fn(
-                    *(
-                        jax.tree.map(lambda leaf, m=m: leaf[m], a) if axis == 0 else a
-                        for a, axis in zip(args, in_axes, strict=True)
-                    )
-                )
-                for m in range(count)
-            ]
-        )
-
-    looped.__name__ = f"{getattr(fn, '__name__', 'fn')}_over_members"  # names it in profiles
-    return looped
 
 
 def load_pretrained_members(

@@ -68,6 +68,9 @@ class Placement(NamedTuple):
       slots: member slots the programs run; more than the members when the members do not
         divide the member axis (the extra slots train padding members whose scores are
         dropped).
+      chunk: members one program call trains on a device: 1 under "loop" (a one-member
+        program called per member), all a device holds under "vmap" (None) unless
+        ``member_chunk`` asks for fewer, so that they fit its memory.
     """
 
     strategy: str
@@ -75,6 +78,12 @@ class Placement(NamedTuple):
     step_loop: str
     mesh: Mesh | None
     slots: int
+    chunk: int | None = None
+
+    def slots_for(self, members: int) -> int:
+        """Slots for ``members``: every device holds as many, a whole number of chunks."""
+        unit = self.mesh_shape[MEMBER_AXIS] * (self.chunk or 1)
+        return -(-members // unit) * unit
 
     @property
     def mesh_shape(self) -> dict[str, int]:
@@ -142,6 +151,7 @@ def resolve_placement(
     batch_size: int,
     mesh_shape: dict[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
+    member_chunk: int | None = None,
 ) -> Placement:
     """Resolves ``auto`` for the current backend and lays ``members`` out on ``devices``.
 
@@ -154,6 +164,7 @@ def resolve_placement(
         :func:`auto_mesh_shape` choose.
       devices: the devices of the "sharded" strategy (default: every device of every
         process).
+      member_chunk: members per program call under "vmap" (default: all a device holds).
 
     Raises:
       ValueError: a mesh with "vmap" or "loop", or a mesh shape that does not fit.
@@ -169,15 +180,31 @@ def resolve_placement(
     if step_loop == "auto":
         step_loop = AUTO_STEP_LOOP.get(backend, "python")
     if strategy != "sharded":
-        return Placement(strategy, strategy, step_loop, None, members)
+        return _with_chunk(Placement(strategy, strategy, step_loop, None, members), member_chunk)
     if mesh_shape is None:
         mesh_shape = auto_mesh_shape(members, len(devices), batch_size)
     check_mesh_shape(mesh_shape, members, len(devices), batch_size)
     member, data = mesh_shape[MEMBER_AXIS], mesh_shape[DATA_AXIS]
     mesh = Mesh(np.array(devices[: member * data]).reshape(member, data), MESH_AXES)
-    slots = -(-members // member) * member  # every device trains as many members
     inner = AUTO_MEMBER_STRATEGY.get(backend, "loop")
-    return Placement(strategy, inner, step_loop, mesh, slots)
+    return _with_chunk(Placement(strategy, inner, step_loop, mesh, members), member_chunk)
+
+
+def _with_chunk(placement: Placement, member_chunk: int | None) -> Placement:
+    """``placement`` with its chunk and the slots its members then take."""
+    if placement.inner_strategy == "loop":
+        if member_chunk not in (None, 1):
+            raise ValueError(
+                f"member_chunk {member_chunk} needs the vmap inner strategy; 'loop' trains "
+                "one member per program call"
+            )
+        chunk = 1
+    elif member_chunk is not None:  # no larger than what a device holds: no idle padding
+        chunk = min(member_chunk, -(-placement.slots // placement.mesh_shape[MEMBER_AXIS]))
+    else:
+        chunk = None
+    placement = placement._replace(chunk=chunk)
+    return placement._replace(slots=placement.slots_for(placement.slots))
 
 
 def describe_placement(placement: Placement, requested: str, requested_loop: str) -> str:

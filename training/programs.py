@@ -26,7 +26,7 @@ from models import get_model
 from models.pretrained import Normalization
 from rundir import SWEEPABLE
 from training.config import AUGMENTATIONS, TrainConfig
-from training.members import MemberState, map_members, stack_members
+from training.members import MemberState, stack_members
 from training.optimizers import MemberOptimizer
 from training.placement import (
     DATA_AXIS,
@@ -39,10 +39,10 @@ from training.placement import (
 
 # Per positional argument of a step (state, metrics, order, step, key, data, rule) and of a
 # prediction (variables, images): 0 where it carries the member axis, None where it is
-# shared (a group's members share their optimizer: ``rule`` is unbatched under vmap).
-STEP_AXES = (0, 0, 0, None, 0, None, None)
+# shared. ``rule``, the index of a member's optimizer, is member data like its key.
+STEP_AXES = (0, 0, 0, None, 0, None, 0)
 PREDICT_AXES = (0, None)
-EPOCH_AXES = (0, 0, 0, 0, None, None)
+EPOCH_AXES = (0, 0, 0, 0, None, 0)
 # A step's and an epoch's outputs, (state, metrics): split over the member axis.
 STEP_OUT_SPECS = (P(MEMBER_AXIS), P(MEMBER_AXIS))
 
@@ -75,15 +75,49 @@ def over_mesh(
     )
 
 
-def _with_rule(program: Callable, named_after: Callable) -> Callable:
-    """``program`` with its last argument, the optimizer ``rule``, optional (0: a run of
-    one optimizer) and always an int32 scalar, so every value shares one compiled program."""
+def over_members(fn: Callable, chunk: int | None, in_axes: Sequence[int | None]) -> Callable:
+    """A one-member ``fn`` over the members of its member-axis arguments (``in_axes`` 0).
 
-    def with_rule(*args, rule=0):
-        return program(*args, jnp.asarray(rule, jnp.int32))
+    ``chunk`` None or more than 1: ``vmap`` (convolutions become grouped convolutions).
+    ``chunk`` 1 (the ``loop`` strategy): ``fn`` itself on the one member, its outputs given
+    a member axis of 1 back.
+    """
+    if chunk != 1:
+        return jax.vmap(fn, in_axes=tuple(in_axes))
 
-    with_rule.__name__ = getattr(named_after, "__name__", "program")  # names it in profiles
-    return with_rule
+    def one(*args):
+        picked = [
+            jax.tree.map(lambda leaf: leaf[0], a) if axis == 0 else a
+            for a, axis in zip(args, in_axes, strict=True)
+        ]
+        return jax.tree.map(lambda leaf: leaf[None], fn(*picked))
+
+    one.__name__ = getattr(fn, "__name__", "fn")  # names it in profiles
+    return one
+
+
+def chunk_at(fn: Callable, chunk: int, in_axes: Sequence[int | None]) -> Callable:
+    """``fn(*args)`` on the ``chunk`` members from ``first`` on: the result takes ``first``,
+    a traced int32 scalar, as one more argument, so one program serves every chunk whatever
+    the member count. ``fn``'s ``(state, metrics)`` outputs are written back into the whole
+    first two arguments (in place when both are donated)."""
+
+    def at(*args):
+        *args, first = args
+        picked = [
+            jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, first, chunk), a)
+            if axis == 0
+            else a
+            for a, axis in zip(args, in_axes, strict=True)
+        ]
+        return jax.tree.map(
+            lambda whole, part: jax.lax.dynamic_update_slice_in_dim(whole, part, first, 0),
+            (args[0], args[1]),
+            fn(*picked),
+        )
+
+    at.__name__ = f"{getattr(fn, '__name__', 'fn')}_chunk"
+    return at
 
 
 class GroupData(NamedTuple):
@@ -106,9 +140,10 @@ class ProgramSpec:
       hyperparameters: ``(name, value)`` of every hyperparameter (``rundir.SWEEPABLE``), the
         run's values.
       swept: the hyperparameters that live in each member's optimizer state instead (a
-        sweep's names); their values above are placeholders, :meth:`GroupPrograms.init`
+        sweep's names); their values above are placeholders, :meth:`RunPrograms.init`
         takes each member's.
       inner_strategy: "vmap" or "loop" over the members one device holds.
+      chunk: members per program call on a device (1 for "loop"; None: all it holds).
       mesh: the ``(member, data)`` mesh, or None on one device.
       scan_unroll: steps unrolled per iteration of the epoch program.
     """
@@ -125,6 +160,7 @@ class ProgramSpec:
     hyperparameters: tuple[tuple[str, float], ...]
     swept: tuple[str, ...]
     inner_strategy: str
+    chunk: int | None
     mesh: Mesh | None
     scan_unroll: int
 
@@ -137,21 +173,24 @@ class ProgramSpec:
         )  # fmt: skip
 
     @property
+    def member_rows(self) -> int:
+        """Device rows the members are split over (the mesh's member axis)."""
+        return self.mesh.shape[MEMBER_AXIS] if self.mesh is not None else 1
+
+    @property
     def data_parallel(self) -> int:
         """Devices one member's batch is split over (the mesh's data axis)."""
         return self.mesh.shape[DATA_AXIS] if self.mesh is not None else 1
 
     @classmethod
-    def for_group(
+    def for_run(
         cls,
         config: TrainConfig,
-        group: str,
         num_classes: int,
         placement: Placement,
         normalization: Normalization,
     ) -> ProgramSpec:
-        """The spec of group ``group`` of a run: the same for every group of the run (the
-        group picks its optimizer at run time, :meth:`GroupPrograms.rule`)."""
+        """The spec of a run: one for all its groups, folds and grid points."""
         return cls(
             model=config.model,
             stride_placement=config.stride_placement,
@@ -161,43 +200,51 @@ class ProgramSpec:
             batch_size=config.batch_size,
             augment=config.augment,
             normalization=normalization,
-            optimizers=tuple(config.optimizers) if group in config.optimizers else (group,),
+            optimizers=tuple(config.optimizers),
             hyperparameters=tuple((k, getattr(config, k)) for k in SWEEPABLE),
             swept=tuple(config.sweep or ()),
             inner_strategy=placement.inner_strategy,
+            chunk=placement.chunk,
             mesh=placement.mesh,
             scan_unroll=config.scan_unroll,
         )
 
 
-class GroupPrograms:
-    """The compiled programs of one optimizer group, built from a :class:`ProgramSpec`.
+class RunPrograms:
+    """The compiled programs of a run, built from a :class:`ProgramSpec`: every member of
+    every group and grid point goes through the same ones.
 
     Attributes:
-      train_step: one step of every member, state and metrics donated.
-      predict: stacked state, uint8 images -> softmax scores [members, n, classes].
-      model, tx: the Flax module and the optax transformation of one member.
+      model, tx: the Flax module and the optimizer (every optimizer of the run) of a member.
+      member_sharding: the stacked states' sharding on the mesh (None without).
     """
 
     def __init__(self, spec: ProgramSpec):
         self.spec = spec
-        # The network's init and predict do not depend on the optimizer: every group of a run
-        # shares them (model_programs' cache), so they compile once per run, not per group.
+        # The network's init and predict do not depend on the optimizer (model_programs'
+        # cache): a notebook's runs with other optimizers reuse them.
         shared = model_programs(spec.model_only())
         self.model = shared.model
-        self._init_variables, self.predict = shared.init_variables, shared.predict
+        self._init_variables, self._predict = shared.init_variables, shared.predict
         self.tx = MemberOptimizer(spec.optimizers, dict(spec.hyperparameters), spec.swept)
         self._augmentation = AUGMENTATIONS[spec.augment]
-        self._step = map_members(self._member_step, spec.inner_strategy, STEP_AXES)
         self.member_sharding = (
             jax.sharding.NamedSharding(spec.mesh, P(MEMBER_AXIS)) if spec.mesh is not None else None
         )
         self._init_optimizer = jax.jit(self._member_init_optimizer)
-        self.train_step = jax.jit(
-            _with_rule(over_mesh(self._step, spec.mesh, STEP_AXES, STEP_OUT_SPECS), self._step),
-            donate_argnums=(0, 1),
-        )
+        self._step = over_members(self._member_step, spec.chunk, STEP_AXES)
+        # The jitted programs themselves (with a chunk, each takes the chunk's first slot
+        # last); train_step and train_epoch run them over every chunk.
+        self.step_program = self._program(self._step, STEP_AXES)
         self._epochs: dict[int, Callable] = {}
+
+    def _program(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
+        """``fn`` (state, metrics, ... -> state, metrics) jitted over the mesh, on all
+        members at once or, with a chunk, on the chunk from its last argument on."""
+        if self.spec.chunk is not None:
+            fn, in_axes = chunk_at(fn, self.spec.chunk, in_axes), (*in_axes, None)
+        program = over_mesh(fn, self.spec.mesh, in_axes, STEP_OUT_SPECS)
+        return jax.jit(program, donate_argnums=(0, 1))
 
     def init(self, keys: jax.Array, swept_values: jax.Array | None = None) -> MemberState:
         """Stacked member states from init keys [slots] and swept values [slots, swept]."""
@@ -211,28 +258,66 @@ class GroupPrograms:
         return shard_members(jax.tree.map(lambda *leaves: np.stack(leaves), *members),
                              self.spec.mesh)  # fmt: skip
 
-    def rule(self, group: str) -> jax.Array:
-        """The ``rule`` argument of the step and epoch programs for ``group``'s members."""
-        return jnp.asarray(self.spec.optimizers.index(group), jnp.int32)
+    def rules(self, groups: Sequence[str]) -> jax.Array:
+        """The ``rules`` argument of the step and epoch programs: each slot's optimizer, by
+        the group name of the member it holds."""
+        rules = np.array([self.spec.optimizers.index(g) for g in groups], np.int32)
+        return shard_members(rules, self.spec.mesh) if self.spec.mesh is not None else rules
 
-    def train_epoch(self, num_steps: int) -> Callable:
-        """A program running ``num_steps`` steps of every member in one ``lax.scan``."""
+    def train_step(self, state, metrics, orders, step, keys, data, rules=None):
+        """One step of every member (state and metrics donated): ``rules`` [slots] picks
+        each member's optimizer (default: the first of ``spec.optimizers``)."""
+        rules = self._default_rules(state, rules)
+        step = jnp.asarray(step, jnp.int32)
+        return self.run_chunks(self.step_program, state, metrics, orders, step, keys, data, rules)
+
+    def epoch_program(self, num_steps: int) -> Callable:
+        """The jitted program of ``num_steps`` steps in one ``lax.scan``: ``(state, metrics,
+        orders, keys, data, rules[, first]) -> (state, metrics)``."""
         if num_steps not in self._epochs:
 
-            def epoch(state, metrics, orders, keys, data, rule):
+            def epoch(state, metrics, orders, keys, data, rules):
                 def body(carry, step):
-                    return self._step(*carry, orders, step, keys, data, rule), None
+                    return self._step(*carry, orders, step, keys, data, rules), None
 
                 (state, metrics), _ = jax.lax.scan(
                     body, (state, metrics), jnp.arange(num_steps), unroll=self.spec.scan_unroll
                 )
                 return state, metrics
 
-            self._epochs[num_steps] = jax.jit(
-                _with_rule(over_mesh(epoch, self.spec.mesh, EPOCH_AXES, STEP_OUT_SPECS), epoch),
-                donate_argnums=(0, 1),
-            )
+            self._epochs[num_steps] = self._program(epoch, EPOCH_AXES)
         return self._epochs[num_steps]
+
+    def train_epoch(self, num_steps: int) -> Callable:
+        """``(state, metrics, orders, keys, data, rules=None) -> (state, metrics)``:
+        ``num_steps`` steps of every member (of each chunk in turn)."""
+        program = self.epoch_program(num_steps)
+
+        def run_epoch(state, metrics, orders, keys, data, rules=None):
+            rules = self._default_rules(state, rules)
+            return self.run_chunks(program, state, metrics, orders, keys, data, rules)
+
+        return run_epoch
+
+    def run_chunks(self, program: Callable, state: MemberState, metrics, *args):
+        """A step or epoch ``program`` on all members at once, or on each chunk in turn."""
+        if self.spec.chunk is None:
+            return program(state, metrics, *args)
+        local = jax.tree.leaves(state.params)[0].shape[0] // self.spec.member_rows
+        for first in range(0, local, self.spec.chunk):
+            state, metrics = program(state, metrics, *args, jnp.asarray(first, jnp.int32))
+        return state, metrics
+
+    def _default_rules(self, state: MemberState, rules: Any) -> Any:
+        if rules is not None:
+            return rules
+        slots = jax.tree.leaves(state.params)[0].shape[0]
+        return self.rules([self.spec.optimizers[0]] * slots)
+
+    def predict(self, variables: tuple[Any, Any], images: jax.Array) -> np.ndarray:
+        """Stacked ``(params, batch_stats)``, uint8 images -> softmax scores
+        ``[slots, n, classes]`` on the host."""
+        return self._predict(variables, images)
 
     def _member_init(self, key: jax.Array, swept_values: jax.Array) -> MemberState:
         variables = self._init_variables(key)
@@ -260,6 +345,19 @@ class GroupPrograms:
     ) -> tuple[MemberState, jax.Array]:
         """One optimizer step of one member on the ``step``-th batch of its epoch order, with
         optimizer ``spec.optimizers[rule]``."""
+        grads, batch_stats, loss, correct = self.member_gradients(state, order, step, key, data)
+        params, opt_state = self.tx.apply(grads, state.opt_state, state.params, rule)
+        # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
+        # seen at the end of the epoch without a device-to-host sync every step.
+        metrics = metrics + jnp.stack([loss, correct, 1.0])
+        return MemberState(params, batch_stats, opt_state), metrics
+
+    def member_gradients(
+        self, state: MemberState, order: jax.Array, step: jax.Array, key: jax.Array,
+        data: GroupData,
+    ) -> tuple[Any, Any, jax.Array, jax.Array]:  # fmt: skip
+        """One member's forward and backward pass on the ``step``-th batch of its epoch
+        order: ``(grads, new batch_stats, mean loss, correct count)``."""
         batch = self.spec.batch_size
         indices = jax.lax.dynamic_slice_in_dim(order, step * batch, batch)
         labels = data.train_labels[indices]
@@ -296,11 +394,7 @@ class GroupPrograms:
             # Equal slices: the batch's mean loss is the mean of the slices' means.
             grads, loss = jax.lax.pmean((grads, loss), DATA_AXIS)
             correct = jax.lax.psum(correct, DATA_AXIS)
-        params, opt_state = self.tx.apply(grads, state.opt_state, state.params, rule)
-        # [loss sum, correct count, steps]: a NaN loss stays NaN in the sum, so divergence is
-        # seen at the end of the epoch without a device-to-host sync every step.
-        metrics = metrics + jnp.stack([loss, correct, 1.0])
-        return MemberState(params, batch_stats, opt_state), metrics
+        return grads, batch_stats, loss, correct
 
 
 class ModelPrograms:
@@ -325,10 +419,26 @@ class ModelPrograms:
             batch_norm_axis=DATA_AXIS if spec.data_parallel > 1 else None,
         )
         self.init_variables = jax.jit(self._member_variables)
-        predict = map_members(self._member_predict, spec.inner_strategy, PREDICT_AXES)
-        self.predict = jax.jit(
-            over_mesh(predict, spec.mesh, PREDICT_AXES, P(MEMBER_AXIS, DATA_AXIS))
-        )
+        predict = over_members(self._member_predict, spec.chunk, PREDICT_AXES)
+        axes = PREDICT_AXES
+        if spec.chunk is not None:
+            predict, axes = _predict_at(predict, spec.chunk), (*PREDICT_AXES, None)
+        self._predict = jax.jit(over_mesh(predict, spec.mesh, axes, P(MEMBER_AXIS, DATA_AXIS)))
+
+    def predict(self, variables: tuple[Any, Any], images: jax.Array) -> np.ndarray:
+        """Stacked ``(params, batch_stats)``, images -> softmax scores ``[slots, n, classes]``
+        on the host (every process's, across processes), each chunk in turn."""
+        if self.spec.chunk is None:
+            return to_host(self._predict(variables, images))
+        rows, chunk = self.spec.member_rows, self.spec.chunk
+        local = jax.tree.leaves(variables[0])[0].shape[0] // rows
+        parts = [
+            to_host(self._predict(variables, images, jnp.asarray(first, jnp.int32)))
+            for first in range(0, local, chunk)
+        ]
+        # Call k gave chunk k of every device row: [rows * chunk, n, c] -> slot order.
+        stacked = np.stack([p.reshape(rows, chunk, *p.shape[1:]) for p in parts], axis=1)
+        return stacked.reshape(rows * local, *stacked.shape[3:])
 
     def _member_variables(self, key: jax.Array) -> Any:
         size = self.spec.image_size
@@ -357,14 +467,26 @@ def model_programs(spec: ProgramSpec) -> ModelPrograms:
 _stack_on_device = jax.jit(stack_members)
 
 
+def _predict_at(predict: Callable, chunk: int) -> Callable:
+    """``predict`` on the ``chunk`` members from ``first`` on (its last argument)."""
+
+    def at(variables, images, first):
+        picked = jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, first, chunk),
+                              variables)  # fmt: skip
+        return predict(picked, images)
+
+    at.__name__ = f"{getattr(predict, '__name__', 'predict')}_chunk"  # names it in profiles
+    return at
+
+
 @functools.lru_cache(maxsize=16)  # bounds the compiled code kept alive
-def group_programs(spec: ProgramSpec) -> GroupPrograms:
+def run_programs(spec: ProgramSpec) -> RunPrograms:
     """The programs of ``spec``, built once and reused while they stay in the cache."""
-    return GroupPrograms(spec)
+    return RunPrograms(spec)
 
 
 def predict_members(
-    programs: GroupPrograms, state: MemberState, images: np.ndarray, batch_size: int
+    programs: RunPrograms, state: MemberState, images: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """Every member's softmax scores [members, n, classes] on uint8 images [n, H, W, 3]."""
     split = programs.spec.data_parallel
@@ -374,7 +496,7 @@ def predict_members(
     padded = np.zeros((-(-count // batch_size) * batch_size,) + images.shape[1:], np.uint8)
     padded[:count] = images
     batches = [
-        to_host(programs.predict(variables, replicate(padded[i : i + batch_size], mesh)))
+        programs.predict(variables, replicate(padded[i : i + batch_size], mesh))
         for i in range(0, len(padded), batch_size)
     ]
     return np.concatenate(batches, axis=1)[:, :count]

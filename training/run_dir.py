@@ -5,10 +5,11 @@ The contract of the directory (layout, ``config.json`` and its provenance, which
 the trainer may empty, atomic writes) is ``rundir``'s; this module applies it. A checkpoint
 carries a checksum of the member states and the log rows up to its epoch; one that cannot be
 restored or does not match its checksum is reported, moved aside (``rundir.set_aside_dir``)
-and kept, and the fold/group trains again from an earlier checkpoint or from scratch, which
-gives the same numbers (every random draw is a function of the seed, group, member, fold,
-epoch and step). A checkpoint written with another number of padding slots (another
-``--mesh``) restores its real members.
+and kept, and the fold trains again from an earlier checkpoint or from scratch, which gives
+the same numbers (every random draw is a function of the seed, group, member, fold, epoch and
+step). A fold's checkpoint holds every member of the groups it trains (one member axis); one
+written with another number of padding slots (another ``--mesh``), or holding more groups
+than are left to train, restores the members asked for.
 """
 
 from __future__ import annotations
@@ -220,8 +221,8 @@ class RunDirectory:
     def log_path(self, fold: int, group: str) -> str:
         return rundir.log_path(self.path, fold, group)
 
-    def checkpoint_dir(self, fold: int, group: str) -> str:
-        return rundir.checkpoint_dir(self.path, fold, group)
+    def checkpoint_dir(self, fold: int) -> str:
+        return rundir.checkpoint_dir(self.path, fold)
 
     def write_log(self, fold: int, group: str, rows: Sequence[dict[str, Any]]) -> None:
         """Replaces a fold/group's CSV log with ``rows``, atomically."""
@@ -231,19 +232,19 @@ class RunDirectory:
         writer.writerows(rows)
         rundir.write_atomically(self.log_path(fold, group), text.getvalue())
 
-    def remove_checkpoints(self, fold: int, group: str) -> None:
-        """Deletes a finished fold/group's checkpoints, and the folders they leave empty."""
-        directory = self.checkpoint_dir(fold, group)
+    def remove_checkpoints(self, fold: int) -> None:
+        """Deletes a finished fold's checkpoints, and the folders they leave empty."""
+        directory = self.checkpoint_dir(fold)
         shutil.rmtree(directory, ignore_errors=True)
         for parent in (os.path.dirname(directory), os.path.dirname(os.path.dirname(directory))):
             with contextlib.suppress(OSError):
                 os.rmdir(parent)  # only when empty
 
     @contextlib.contextmanager
-    def checkpoints(self, fold: int, group: str) -> Iterator[FoldCheckpoints]:
-        """The checkpoints of one fold/group, closed (saves finished) on any exit."""
+    def checkpoints(self, fold: int) -> Iterator[FoldCheckpoints]:
+        """The checkpoints of one fold, closed (saves finished) on any exit."""
         checkpoints = FoldCheckpoints(
-            self.checkpoint_dir(fold, group), rundir.set_aside_dir(self.path, fold, group)
+            self.checkpoint_dir(fold), rundir.set_aside_dir(self.path, fold)
         )
         try:
             yield checkpoints
@@ -274,8 +275,11 @@ def state_checksum(tree: Any) -> jax.Array:
     return jnp.stack([leaf_sums(leaf) for leaf in leaves])
 
 
+Layout = Sequence[tuple[str, int]]  # (group, members) in member-axis order
+
+
 class FoldCheckpoints:
-    """Orbax checkpoints of one fold/group: the member states, divergence and log rows."""
+    """Orbax checkpoints of one fold: the member states, divergence and log rows."""
 
     def __init__(self, directory: str, set_aside: str):
         self.directory = directory
@@ -285,12 +289,17 @@ class FoldCheckpoints:
         )
 
     def save(
-        self, epoch: int, state: Any, diverged: np.ndarray, log_rows: list[dict], members: int
+        self,
+        epoch: int,
+        state: Any,
+        diverged: np.ndarray,
+        layout: Layout,
+        log_rows: dict[str, list[dict]],
     ) -> None:
         """Saves the state of every slot after ``epoch`` epochs (asynchronously)."""
         checksum = to_host(state_checksum(state)).tolist()
         meta = {"checksum": checksum, "log_rows": log_rows, "slots": len(diverged),
-                "members": members}  # fmt: skip
+                "groups": [list(entry) for entry in layout]}  # fmt: skip
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
@@ -303,35 +312,45 @@ class FoldCheckpoints:
         self,
         template: Any,
         diverged: np.ndarray,
-        members: int,
+        layout: Layout,
         place: Callable[[Any], Any],
         warn: Callable[[str], None],
-    ) -> tuple[int, Any, np.ndarray, list[dict]] | None:
+    ) -> tuple[int, Any, np.ndarray, dict[str, list[dict]]] | None:
         """The newest checkpoint that restores and matches its checksum, or None.
 
-        ``template`` is the fold/group's initial state of every slot. A checkpoint of another
-        slot count (saved on another mesh) restores its first ``members`` slots, the real
-        members, and takes the padding slots from ``template``; ``place`` lays the combined
-        host arrays out as ``template`` is. A checkpoint that fails is reported through
-        ``warn``, moved to ``set_aside`` and kept, and the next older one is tried.
+        ``template`` is the fold's initial state of every slot, its members the groups of
+        ``layout``. A checkpoint of the same layout and slot count restores as it is; one of
+        another (another mesh's padding, more groups than are left to train) is read to the
+        host, and each group of ``layout`` takes its members from it and the padding slots
+        from ``template``; ``place`` lays the combined host arrays out as ``template`` is. A
+        checkpoint that fails is reported through ``warn``, moved to ``set_aside`` and kept,
+        and the next older one is tried.
         """
         for epoch in sorted(self._manager.all_steps(), reverse=True):
             try:
-                return self._restore(epoch, template, diverged, members, place)
+                return self._restore(epoch, template, diverged, layout, place)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
                 self._set_aside(epoch, error, warn)
         return None
 
-    def _restore(self, epoch, template, diverged, members, place):
+    def _restore(self, epoch, template, diverged, layout, place):
         only_meta = ocp.args.Composite(meta=ocp.args.JsonRestore())
         meta = self._manager.restore(epoch, args=only_meta)["meta"]
-        stored_slots, stored_members = meta["slots"], meta["members"]
-        if stored_members != members:
-            raise ValueError(f"it holds {stored_members} members, the group has {members}")
+        stored_slots = meta["slots"]
+        stored_layout = [tuple(entry) for entry in meta["groups"]]
+        offsets = np.cumsum([0] + [n for _, n in stored_layout[:-1]]).tolist()
+        starts = {g: int(start) for (g, _), start in zip(stored_layout, offsets, strict=True)}
+        sizes = dict(stored_layout)
+        for group, members in layout:
+            if sizes.get(group) != members:
+                raise ValueError(
+                    f"it holds groups {stored_layout}; this fold trains {list(layout)}"
+                )
         slots = len(diverged)
-        if stored_slots == slots:
+        same = stored_layout == [tuple(entry) for entry in layout] and stored_slots == slots
+        if same:
             stored_template, stored_diverged = template, diverged
-        else:  # another mesh padded the members to another slot count: read it to the host
+        else:  # read it to the host and take the members asked for
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             stored_template = jax.tree.map(
                 lambda leaf: jax.ShapeDtypeStruct(
@@ -352,19 +371,22 @@ class FoldCheckpoints:
         if to_host(state_checksum(state)).tolist() != meta["checksum"]:
             raise ValueError("its content does not match the checksum saved with it")
         restored_diverged = np.asarray(restored["state"]["diverged"])
-        if stored_slots != slots:
+        if not same:
+            rows = np.concatenate([np.arange(starts[g], starts[g] + n) for g, n in layout])
+            members = len(rows)
             padding = jax.tree.map(lambda leaf: to_host(leaf)[members:], template)
             state = place(
                 jax.tree.map(
-                    lambda leaf, pad: np.concatenate([np.asarray(leaf)[:members], pad]),
+                    lambda leaf, pad: np.concatenate([np.asarray(leaf)[rows], pad]),
                     state,
                     padding,
                 )
             )
             restored_diverged = np.concatenate(
-                [restored_diverged[:members], np.zeros(slots - members, bool)]
+                [restored_diverged[rows], np.zeros(slots - members, bool)]
             )
-        return epoch, state, restored_diverged, meta["log_rows"]
+        log_rows = {group: meta["log_rows"][group] for group, _ in layout}
+        return epoch, state, restored_diverged, log_rows
 
     def _set_aside(self, epoch: int, error: Exception, warn: Callable[[str], None]) -> None:
         path = os.path.join(self.directory, str(epoch))
@@ -377,8 +399,8 @@ class FoldCheckpoints:
         self._manager.reload()
         warn(
             f"warning: checkpoint {path} cannot be used ({type(error).__name__}: "
-            f"{problem[:200]}); it is moved to {target} and kept, and the fold/group trains "
-            "again from an earlier point"
+            f"{problem[:200]}); it is moved to {target} and kept, and the fold trains again "
+            "from an earlier point"
         )
 
     def close(self) -> None:
