@@ -4,7 +4,7 @@ Not a test: a measurement, whose numbers set the trainer's ``auto`` tables
 (``training.placement.AUTO_MEMBER_STRATEGY`` and ``AUTO_STEP_LOOP``). From the repository root:
 
     python benchmarks/trainer.py --suite cpu   # about 10 minutes on 2 CPU cores
-    python benchmarks/trainer.py --suite gpu   # about 6 minutes on one H200 (--budget-s 330)
+    python benchmarks/trainer.py --suite gpu   # about 7 minutes on one H200 (--budget-s 300)
     python benchmarks/trainer.py --suite gpu --smoke   # every code path, tiny model, on CPU
 
 It writes ``benchmarks/results/trainer_<suite>[_smoke].json`` after every row (a run cut off
@@ -12,9 +12,11 @@ by a timeout keeps what it measured) and prints Markdown tables and a recommenda
 in order: the optimizer update (``benchmarks/optimizer_update.py``, in a subprocess that
 writes to a temporary file, before this process takes the GPU); a bf16/f32 matrix-product
 peak; ensemble efficiency E(N) = N * t_single / t_group per member strategy, with compile
-time, XLA-counted FLOPs and memory per member, each row checked against the written-out loop;
+time, XLA-counted FLOPs and memory per member, each row checked against ``loop``'s numbers;
 the step loop (Python loop against ``lax.scan``); the paper's protocol (images/s, MFU, the
-whole HeLa experiment's time from the measured steps, compiles and predictions).
+whole HeLa experiment's time from the measured steps, compiles and predictions); and the
+paper's whole ensemble as one program (every group's members on one member axis, each with
+its own optimizer, under ``vmap`` in member chunks): compile seconds, step time and E(N).
 
 Strategies ``map`` and ``map-vmap2`` are benchmark-only candidates, not trainer strategies:
 ``jax.lax.map`` over the members (compiled once, whatever N) and over vmapped chunks of 2.
@@ -59,7 +61,7 @@ import trainer_support as ts  # noqa: E402  (beside this script: sys.path[0])
 
 from models.pretrained import Normalization  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.members import epoch_randomness, member_keys  # noqa: E402
+from training.members import epoch_randomness, member_keys, slot_keys  # noqa: E402
 from training.placement import (  # noqa: E402
     AUTO_MEMBER_STRATEGY,
     AUTO_STEP_LOOP,
@@ -76,6 +78,8 @@ LOSS_RTOL = {"float32": 1e-4, "bfloat16": 3e-2}  # bf16 convolutions round diffe
 CLOSE_FRACTION = {"float32": 0.9, "bfloat16": 0.75}
 
 _RESNET50 = dict(model="resnet50", image_size=224, batch_size=30)
+PAPER_GROUPS = {"sgd": 14, "adam": 7, "diffgrad": 7, "dgrad": 14, "cos1": 7, "cos2": 7}
+_SIX = dict.fromkeys(PAPER_GROUPS, 1)  # one member of each of the paper's optimizers
 SUITES = {
     "cpu": dict(
         model="resnet18_small", image_size=32, batch_size=32, dtype="float32", steps_per_epoch=16,
@@ -84,6 +88,7 @@ SUITES = {
         timing=dict(check_steps=2, steps=3, repeats=3), step_loop=dict(members=2, unrolls=(1, 8)),
         paper=dict(_RESNET50, dtype="float32", steps_per_epoch=23,
                    timing=dict(check_steps=1, steps=1, repeats=2)),
+        ensemble=dict(groups=_SIX, chunks=(3, None), budget_s=120),
         budget_s=900, row_cap_s=300, matmul=(1024, "float32"), optimizer_repeats=7,
     ),
     "gpu": dict(
@@ -93,13 +98,23 @@ SUITES = {
               (14, ("vmap", "map", "map-vmap2", "loop"))],
         timing=dict(check_steps=2, steps=5, repeats=3), step_loop=dict(members=1, unrolls=(1, 4)),
         paper=None,  # the efficiency rows are the paper's protocol
-        budget_s=330, row_cap_s=150, matmul=(8192, "bfloat16"), optimizer_repeats=7,
+        # 56 at once would not fit 139 GiB; runs after the efficiency rows, before the rest.
+        ensemble=dict(groups=PAPER_GROUPS, chunks=(14, 28), budget_s=120,
+                      timing=dict(check_steps=1, steps=2, repeats=2)),
+        budget_s=300, row_cap_s=150, matmul=(8192, "bfloat16"), optimizer_repeats=7,
     ),
 }  # fmt: skip
 SMOKE = dict(  # every code path on a tiny model; the N=200 row must be skipped by the cap
-    model="resnet_tiny", image_size=8, batch_size=4, steps_per_epoch=6, row_cap_s=None,
+    model="resnet_tiny",
+    image_size=8,
+    batch_size=4,
+    steps_per_epoch=6,
+    row_cap_s=None,
     row_cap_factor=5,  # x the reference row's compile: relative, so loaded machines agree
-    timing=dict(check_steps=2, steps=2, repeats=1), matmul=(64, "float32"), optimizer_repeats=1,
+    timing=dict(check_steps=2, steps=2, repeats=1),
+    matmul=(64, "float32"),
+    optimizer_repeats=1,
+    ensemble=dict(groups=_SIX, chunks=(2, None), budget_s=60),
 )
 
 
@@ -183,16 +198,21 @@ def step_program(bench: Bench, strategy: str, members: int):
             return compiled, run
 
         return placement, programs.member_sharding, compile_trainer_step
-    one = RunPrograms(bench.spec(bench.placement("loop", "python", 1))).train_step
+    one = RunPrograms(bench.spec(bench.placement("loop", "python", 1))).step_program
     chunk = ts.HYBRIDS[strategy]
+    rule, first = np.zeros(1, np.int32), np.int32(0)  # host constants: nothing closed over
 
     def member_step(member, step, data):
         state, metrics, order, key = jax.tree.map(lambda leaf: leaf[None], member)
-        return jax.tree.map(lambda leaf: leaf[0], one(state, metrics, order, step, key, data))
+        stepped = one(state, metrics, order, step, key, data, rule, first)
+        return jax.tree.map(lambda leaf: leaf[0], stepped)
 
     def group_step(state, metrics, orders, step, keys, data):
-        return jax.lax.map(partial(member_step, step=step, data=data),
-                           (state, metrics, orders, keys), batch_size=chunk if chunk > 1 else None)
+        return jax.lax.map(
+            partial(member_step, step=step, data=data),
+            (state, metrics, orders, keys),
+            batch_size=chunk if chunk > 1 else None,
+        )
 
     step = jax.jit(group_step, donate_argnums=(0, 1))
 
@@ -204,7 +224,7 @@ def step_program(bench: Bench, strategy: str, members: int):
 
 
 def check_against(reference, params, losses, steps: int, bench: Bench) -> dict:
-    """Compares the first members with the reference trajectory (the written-out loop).
+    """Compares the first members with the reference trajectory (the loop strategy).
 
     An Adam-like step moves a parameter by at most about the learning rate; wrong data or
     keys move essentially every parameter by about that much, so most parameters must agree
@@ -234,8 +254,11 @@ def measure_row(bench: Bench, strategy: str, members: int, reference, timing: di
     compiled, run = compile_step(state, metrics, orders, keys, data)
     compile_s = time.perf_counter() - started
     # Members one call of the compiled program trains: all slots, or a chunk per device row.
-    per_call = placement.slots if placement.chunk is None else (
-        placement.mesh_shape["member"] * placement.chunk)
+    per_call = (
+        placement.slots
+        if placement.chunk is None
+        else (placement.mesh_shape["member"] * placement.chunk)
+    )
     spe = bench.settings["steps_per_epoch"]
     for i in range(timing["check_steps"]):
         state, metrics = run(state, metrics, orders, i, keys, data)
@@ -296,8 +319,10 @@ def efficiency(bench: Bench, suite: dict, report: ts.Report, deadline: float, pe
             if single is not None:  # the reference row (loop, N=1) is never skipped
                 same = {r["members"]: r["compile_s"] for r in measured if r["strategy"] == strategy}
                 fallback = single["compile_s"] * (1 if strategy in ts.GROWS or same else 2)
-                per_member = max([r["step_ms"] / r["members"] for r in measured
-                                  if r["strategy"] == strategy] or [4 * single["step_ms"]])
+                per_member = max(
+                    [r["step_ms"] / r["members"] for r in measured if r["strategy"] == strategy]
+                    or [4 * single["step_ms"]]
+                )
                 steps = timing["check_steps"] + timing["steps"] * timing["repeats"]
                 estimate = (ts.estimate_compile_s(same, members, strategy in ts.GROWS, fallback)
                             + steps * members * per_member / 1e3)  # fmt: skip
@@ -366,9 +391,11 @@ def step_loops(bench: Bench, suite: dict, report: ts.Report, deadline: float, ke
             rules = programs.rules([GROUP] * scan_placement.slots)
             first = (jnp.int32(0),) if scan_placement.chunk is not None else ()
             started = time.perf_counter()
-            compiled = programs.epoch_program(steps).lower(
-                *bench.inputs(scan_placement), rules, *first
-            ).compile()
+            compiled = (
+                programs.epoch_program(steps)
+                .lower(*bench.inputs(scan_placement), rules, *first)
+                .compile()
+            )
             compile_s = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001
             rows.append(dict(loop="scan", unroll=unroll, error=repr(error)[:800]))
@@ -428,31 +455,128 @@ def paper_protocol(bench: Bench, suite: dict, report: ts.Report, deadline: float
         predict = measure_predict(bench, chosen, 7 if 7 in sizes else max(sizes))
     fields = ("strategy", "members", "step_ms", "images_per_s", "images_per_s_per_member",
               "xla_flops_per_image", "mfu_datasheet", "mfu_matmul")  # fmt: skip
-    paper = dict(predict=predict, init_s=bench.init_s,
-                 rows=[{k: r.get(k) for k in fields} for r in measured],
-                 hela_experiment=ts.hela_estimates(measured, bench.batch, bench.init_s, predict))
+    paper = dict(
+        predict=predict,
+        init_s=bench.init_s,
+        rows=[{k: r.get(k) for k in fields} for r in measured],
+        hela_experiment=ts.hela_estimates(measured, bench.batch, bench.init_s, predict),
+    )
     print("\nHeLa experiment (56 members x 5 folds x 20 epochs), compiles included:")
     for strategy, estimate in paper["hela_experiment"].items():
-        print(f"  {strategy}: {estimate['minutes']:.1f} min (extrapolated N: "
-              f"{estimate['extrapolated_members'] or 'none'})")
+        print(
+            f"  {strategy}: {estimate['minutes']:.1f} min (extrapolated N: "
+            f"{estimate['extrapolated_members'] or 'none'})"
+        )
     return paper
+
+
+def whole_ensemble(bench: Bench, suite: dict, report: ts.Report, deadline: float) -> list:
+    """The paper's ensemble as one program, as the trainer runs it: every group's members
+    on one member axis (each member's optimizer picked by its rule), under ``vmap`` in
+    member chunks that fit the device's memory. Per chunk size: compile seconds, the step
+    time of all members, and E(N) against the loop N=1 row."""
+    groups = suite["ensemble"]["groups"]
+    members = sum(groups.values())
+    config = dataclasses.replace(bench.config, optimizers=groups)
+    single = next((r for r in report.data["efficiency"] if "step_ms" in r
+                   and (r["strategy"], r["members"]) == ("loop", 1)), None)  # fmt: skip
+    timing, rows = suite["ensemble"].get("timing", suite["timing"]), []
+    # Its own allowance after the efficiency rows' deadline: these rows are the point of
+    # a GPU run, and each starts only while the allowance lasts.
+    deadline = max(deadline, time.perf_counter()) + suite["ensemble"]["budget_s"]
+    print(
+        f"\n| whole ensemble: {members} members of {len(groups)} optimizers, chunk | slots | "
+        "compile s | step ms (all members) | E(N) | device peak MB |\n" + "|---" * 6 + "|"
+    )
+    for chunk in suite["ensemble"]["chunks"]:
+        if time.perf_counter() > deadline and not suite.get("smoke"):
+            rows.append(dict(chunk=chunk, skipped="the budget is spent"))
+            continue
+        try:
+            started = time.perf_counter()
+            placement = resolve_placement("vmap", "python", members, batch_size=bench.batch,
+                                          member_chunk=chunk)  # fmt: skip
+            programs = RunPrograms(ProgramSpec.for_run(config, CLASSES, placement, NORMALIZATION))
+            names = [g for g, n in groups.items() for _ in range(n)]
+            names += names[:1] * (placement.slots - members)  # padding slots
+            init_keys, data_keys = slot_keys(0, 0, [(g, i) for i, g in enumerate(names)])
+            state = jax.block_until_ready(programs.init(init_keys))
+            init_s = time.perf_counter() - started
+            rules = programs.rules(names)
+            count = jnp.asarray(bench.count, jnp.int32)
+            orders, keys = epoch_randomness(data_keys, jnp.asarray(0), count, bench.count)
+            data = GroupData(replicate(bench.images, None), replicate(bench.labels, None), count)
+            metrics = jnp.zeros((placement.slots, 3), jnp.float32)
+            first = (jnp.int32(0),) if placement.chunk is not None else ()
+            started = time.perf_counter()
+            compiled = programs.step_program.lower(state, metrics, orders, jnp.int32(0), keys,
+                                                   data, rules, *first).compile()  # fmt: skip
+            compile_s = time.perf_counter() - started
+            spe, i, times = bench.settings["steps_per_epoch"], 0, []
+            for _ in range(timing["check_steps"]):
+                state, metrics = programs.run_chunks(compiled, state, metrics, orders,
+                                                     jnp.int32(i), keys, data, rules)  # fmt: skip
+                i += 1
+            for _ in range(timing["repeats"]):
+                start = time.perf_counter()
+                for _ in range(timing["steps"]):
+                    state, metrics = programs.run_chunks(
+                        compiled, state, metrics, orders, jnp.int32(i % spe), keys, data, rules
+                    )
+                    i += 1
+                jax.block_until_ready((state, metrics))
+                times.append((time.perf_counter() - start) / timing["steps"])
+            losses = np.asarray(metrics[:members, 0])
+            step_s, memory = statistics.median(times), device_memory()
+            del state, metrics
+        except Exception as error:  # noqa: BLE001  (an out-of-memory chunk must not end the run)
+            rows.append(dict(chunk=chunk, error=repr(error)[:800]))
+            print(f"| {chunk or 'all'} | {rows[-1]['error'][:100]} |")
+            report.save()
+            continue
+        row = dict(
+            members=members, groups=groups, chunk=chunk, slots=placement.slots, init_s=init_s,
+            compile_s=compile_s, step_ms=1e3 * step_s,
+            images_per_s=members * bench.batch / step_s,
+            efficiency=(ts.ensemble_efficiency(members, single["step_ms"], 1e3 * step_s)
+                        if single else None),
+            device_peak_mb_process=memory["peak_bytes_in_use"] / 1e6 if memory else None,
+            finite_losses=bool(np.isfinite(losses).all()),
+        )  # fmt: skip
+        rows.append(row)
+        efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
+        peak = row["device_peak_mb_process"]
+        print(
+            f"| {chunk or 'all'} | {row['slots']} | {compile_s:.1f} | {row['step_ms']:.1f} | "
+            f"{efficiency} | {'-' if peak is None else f'{peak:.0f}'} |",
+            flush=True,
+        )
+        report.save()
+    return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
-    parser.add_argument("--smoke", action="store_true", help="run every code path on a tiny "
-                        "model and few members, to check the script itself (numbers meaningless)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run every code path on a tiny "
+        "model and few members, to check the script itself (numbers meaningless)",
+    )
     parser.add_argument("--budget-s", type=float, help="seconds after which no row starts "
                         "(default: the suite's); the reference row always runs")  # fmt: skip
     parser.add_argument("--output", type=Path, help="the results JSON (default: "
                         "benchmarks/results/trainer_<suite>[_smoke].json)")  # fmt: skip
-    parser.add_argument("--rows", help="efficiency rows to run instead of the suite's, in "
-                        "order, e.g. '7:loop,vmap;14:map' (a rerun filling skipped rows)")
+    parser.add_argument(
+        "--rows",
+        help="efficiency rows to run instead of the suite's, in "
+        "order, e.g. '7:loop,vmap;14:map' (a rerun filling skipped rows)",
+    )
     parser.add_argument("--unrolls", type=int, nargs="*", help="scan unrolls of the step-loop "
                         "part instead of the suite's")  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=(), help="parts to leave out",
-                        choices=("optimizer", "step_loop", "paper"))  # fmt: skip
+                        choices=("optimizer", "step_loop", "paper", "ensemble"))  # fmt: skip
     args = parser.parse_args(argv)
     suite = dict(SUITES[args.suite])
     if args.smoke:
@@ -472,8 +596,13 @@ def main(argv=None) -> int:
     deadline = started + (args.budget_s if args.budget_s is not None else suite["budget_s"])
     path = args.output or RESULTS / f"trainer_{args.suite}{'_smoke' if args.smoke else ''}.json"
     if "optimizer" not in args.skip:  # first: before this process takes the device's memory
-        optimizer = ts.optimizer_update(ROOT, suite["optimizer_repeats"], args.smoke,
-                                     max(deadline - time.perf_counter(), 60), _CHILD_XLA_FLAGS)
+        optimizer = ts.optimizer_update(
+            ROOT,
+            suite["optimizer_repeats"],
+            args.smoke,
+            max(deadline - time.perf_counter(), 60),
+            _CHILD_XLA_FLAGS,
+        )
     kind = jax.devices()[0].device_kind
     report = ts.Report(
         path, suite=args.suite, smoke=args.smoke, backend=jax.default_backend(), device=kind,
@@ -486,20 +615,27 @@ def main(argv=None) -> int:
         report.data["note"] = "smoke run: tiny model, the numbers are meaningless"
     if "optimizer" not in args.skip:
         report.data["optimizer_update"] = optimizer
-    print(f"backend {report.data['backend']} ({kind}), {jax.device_count()} devices, "
-          f"jax {jax.__version__}{' (SMOKE: numbers meaningless)' if args.smoke else ''}")
+    print(
+        f"backend {report.data['backend']} ({kind}), {jax.device_count()} devices, "
+        f"jax {jax.__version__}{' (SMOKE: numbers meaningless)' if args.smoke else ''}"
+    )
     sheet = next((v for k, v in DATASHEET_BF16_PEAK.items() if k in kind), None)
     measured_peak = ts.matmul_peak(*suite["matmul"])
     peaks = dict(mfu_datasheet=sheet, mfu_matmul=measured_peak)
-    report.data["peaks"] = dict(datasheet_bf16_flops=sheet, matmul_measured_flops=measured_peak,
-                                matmul=suite["matmul"], matmul_reference_flops=next(
-                                    (v for k, v in MATMUL_REFERENCE.items() if k in kind), None))
+    report.data["peaks"] = dict(
+        datasheet_bf16_flops=sheet,
+        matmul_measured_flops=measured_peak,
+        matmul=suite["matmul"],
+        matmul_reference_flops=next((v for k, v in MATMUL_REFERENCE.items() if k in kind), None),
+    )
     print(f"matrix product {suite['matmul']}: {measured_peak / 1e12:.1f} TFLOP/s")
     pool = max(n for n, _ in suite["rows"] if n < 100) if args.smoke else max(
         n for n, _ in suite["rows"])  # fmt: skip
     bench = Bench(suite, -(-pool // jax.device_count()) * jax.device_count())
     report.data["init_s"] = bench.init_s
     kept = efficiency(bench, suite, report, deadline, peaks)
+    if "ensemble" not in args.skip:
+        report.data["whole_ensemble"] = whole_ensemble(bench, suite, report, deadline)
     if "step_loop" not in args.skip:
         step_loops(bench, suite, report, deadline, kept)
     recommendation = ts.recommend(report.data["efficiency"], report.data["step_loop"])
@@ -510,11 +646,13 @@ def main(argv=None) -> int:
     tables = (("member_strategy", AUTO_MEMBER_STRATEGY), ("step_loop", AUTO_STEP_LOOP))
     report.data["auto_table"] = ts.auto_sources(backend, recommendation, tables,
                                              RESULTS / "trainer_cpu.json")  # fmt: skip
-    print(f"\nrecommendation ({recommendation.get('by')}): "
-          f"AUTO_MEMBER_STRATEGY[{backend!r}] = {recommendation.get('member_strategy')!r}, "
-          f"AUTO_STEP_LOOP[{backend!r}] = {recommendation.get('step_loop')!r} "
-          f"(best measured: {recommendation.get('best')!r}; now "
-          f"{AUTO_MEMBER_STRATEGY.get(backend)!r}/{AUTO_STEP_LOOP.get(backend)!r})")
+    print(
+        f"\nrecommendation ({recommendation.get('by')}): "
+        f"AUTO_MEMBER_STRATEGY[{backend!r}] = {recommendation.get('member_strategy')!r}, "
+        f"AUTO_STEP_LOOP[{backend!r}] = {recommendation.get('step_loop')!r} "
+        f"(best measured: {recommendation.get('best')!r}; now "
+        f"{AUTO_MEMBER_STRATEGY.get(backend)!r}/{AUTO_STEP_LOOP.get(backend)!r})"
+    )
     report.save()
     print(f"\nwrote {path} ({report.data['seconds']:.0f} s)")
     return 0

@@ -70,7 +70,7 @@ def test_resume_mid_epoch_on_a_mesh_is_bit_identical(tmp_path):
     [
         (dict(mesh={"member": 4, "data": 4}), "needs 16 devices; 8 are available"),
         (dict(mesh={"member": 1, "data": 3}), "data=3 does not divide batch_size 16"),
-        (dict(mesh={"member": 3, "data": 1}), "member=3 is more than the group's 2 members"),
+        (dict(mesh={"member": 3, "data": 1}), "member=3 is more than the run's 2 members"),
         (dict(mesh={"member": 2, "data": 1}, strategy="loop"), "needs strategy 'sharded'"),
         (dict(mesh={"member": 0, "data": 2}), "is not {'member': M, 'data': D}"),
     ],

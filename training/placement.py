@@ -1,4 +1,4 @@
-"""Where a group's members run: the member strategy, the step loop, the device mesh.
+"""Where the run's members run: the member strategy, the step loop, the device mesh.
 
 ``auto`` resolves per backend from measurements (``benchmarks/trainer.py``; the numbers are
 in ``docs/performance.md``). On XLA:CPU a vmapped convolution runs as a slow grouped
@@ -57,7 +57,7 @@ def format_mesh(shape: dict[str, int]) -> str:
 
 
 class Placement(NamedTuple):
-    """How one group's members are laid out.
+    """How the run's members are laid out.
 
     Attributes:
       strategy: "vmap", "loop" or "sharded" (``auto`` resolved).
@@ -120,7 +120,7 @@ def auto_mesh_shape(members: int, devices: int, batch_size: int) -> dict[str, in
 
 
 def check_mesh_shape(shape: dict[str, int], members: int, devices: int, batch_size: int) -> None:
-    """ValueError naming the numbers when ``shape`` does not fit the devices, group or batch."""
+    """ValueError naming the numbers when ``shape`` does not fit the devices, members or batch."""
     member, data = shape[MEMBER_AXIS], shape[DATA_AXIS]
     if member * data > devices:
         raise ValueError(
@@ -133,7 +133,7 @@ def check_mesh_shape(shape: dict[str, int], members: int, devices: int, batch_si
         )
     if member > members:
         raise ValueError(
-            f"mesh member={member} is more than the group's {members} members (devices "
+            f"mesh member={member} is more than the run's {members} members (devices "
             "would train only padding); use a larger data axis"
         )
     if batch_size % data:
@@ -158,7 +158,7 @@ def resolve_placement(
     Args:
       strategy: "auto", "vmap", "loop" or "sharded".
       step_loop: "auto", "python" or "scan".
-      members: the group's member count.
+      members: the run's member count (every group's, on one axis).
       batch_size: images per step per member (the data axis must divide it).
       mesh_shape: ``{"member": M, "data": D}`` for "sharded" (or "auto"); None lets
         :func:`auto_mesh_shape` choose.

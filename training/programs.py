@@ -1,10 +1,13 @@
-"""A group's compiled programs: init, train step, train epoch and predict.
+"""A run's compiled programs: init, train step, train epoch and predict.
 
-Every program works on stacked member states (a leading member axis on every leaf). With a
-mesh, the member axis is split over it with ``jax.shard_map``: each device trains its own
-members with the inner strategy and nothing is communicated. The programs depend on exactly
-the fields of a ``ProgramSpec``, so runs that agree on it (the folds of one run, a notebook
-calling ``train_ensemble`` again) reuse them from :func:`group_programs`' cache.
+Every program works on stacked member states (a leading member axis on every leaf), the
+members of every group of the run on one axis; a member's optimizer is its ``rule``, data
+beside its keys. The members one device holds go through a program all at once (``vmap``),
+or chunk by chunk through one program that trains the chunk at a given index in place
+(``loop`` is chunks of one). With a mesh, the member axis is split over it with
+``jax.shard_map``: each device trains its own members and nothing crosses the member axis.
+The programs depend on exactly the fields of a ``ProgramSpec``, so runs that agree on it (a
+notebook calling ``train_ensemble`` again) reuse them from :func:`run_programs`' cache.
 """
 
 from __future__ import annotations
@@ -130,13 +133,13 @@ class GroupData(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ProgramSpec:
-    """Everything a group's programs are compiled from, and nothing else.
+    """Everything a run's programs are compiled from, and nothing else.
 
     Attributes:
       model, stride_placement, dtype, num_classes: the network.
       image_size, batch_size, augment, normalization: what a step feeds it.
       optimizers: every group of the run (names in ``training.optimizers.OPTIMIZERS``):
-        one train step serves them all, a group's members choosing theirs by its index.
+        one train step serves them all, each member choosing its own by index (its rule).
       hyperparameters: ``(name, value)`` of every hyperparameter (``rundir.SWEEPABLE``), the
         run's values.
       swept: the hyperparameters that live in each member's optimizer state instead (a
@@ -166,7 +169,7 @@ class ProgramSpec:
 
     def model_only(self) -> ProgramSpec:
         """This spec without what only the train step uses (optimizer, batch, augmentation):
-        the key of the programs every group of a run shares."""
+        the key of the network's programs, which do not depend on the optimizers."""
         return dataclasses.replace(
             self, optimizers=(), hyperparameters=(), swept=(), batch_size=0, augment="",
             scan_unroll=0,
@@ -304,9 +307,15 @@ class RunPrograms:
         if self.spec.chunk is None:
             return program(state, metrics, *args)
         local = jax.tree.leaves(state.params)[0].shape[0] // self.spec.member_rows
-        for first in range(0, local, self.spec.chunk):
-            state, metrics = program(state, metrics, *args, jnp.asarray(first, jnp.int32))
+        for first in self._chunk_starts(local):
+            state, metrics = program(state, metrics, *args, first)
         return state, metrics
+
+    @functools.cache  # noqa: B019  (one tuple per slot count, kept with the programs)
+    def _chunk_starts(self, local: int) -> tuple[jax.Array, ...]:
+        """Each chunk's first slot as a device scalar, made once: a call per member per step
+        should not also make an array."""
+        return tuple(jnp.asarray(first, jnp.int32) for first in range(0, local, self.spec.chunk))
 
     def _default_rules(self, state: MemberState, rules: Any) -> Any:
         if rules is not None:
@@ -398,7 +407,7 @@ class RunPrograms:
 
 
 class ModelPrograms:
-    """The programs of a run that depend on the network only, shared by all its groups.
+    """The programs of a run that depend on the network only (not on its optimizers).
 
     Attributes:
       init_variables: one member's init key -> its ``{"params", "batch_stats"}``, compiled
