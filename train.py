@@ -1,12 +1,7 @@
-"""Seed-vectorised ensemble trainer: many ResNet members per optimizer, one program a run.
-
-The CLI over ``training/``; with no flags it trains a small ensemble on scikit-learn's
-digits, offline. ``python train.py --help`` lists the flags, one per ``TrainConfig`` field;
-``docs/training.md`` explains them. ``ensemble.py`` fuses, scores and tabulates the score
-files a run writes.
-
-Python API (re-exported here): :func:`train_ensemble` with a :class:`TrainConfig`, and
-:func:`format_summary` of its result.
+"""The trainer's CLI: parses the flags (one per ``TrainConfig`` field) and runs
+``training.train_ensemble``; with no flags it trains a small ensemble on scikit-learn's
+digits, offline. ``python train.py --help`` lists the flags and ``docs/training.md``
+explains them; the Python API is the ``training`` package.
 """
 
 from __future__ import annotations
@@ -25,28 +20,9 @@ from typing import Any
 import jax
 
 from rundir import describe_os_error
-from training.api import GroupResult, TrainResult, format_summary, select_folds, train_ensemble
-from training.config import (
-    AUGMENTATIONS,
-    MEMBER_STRATEGIES,
-    PRESETS,
-    STEP_LOOPS,
-    TrainConfig,
-    format_optimizer_groups,
-    parse_folds,
-    parse_optimizer_groups,
-    validate_config,
-)
-from training.optimizers import OPTIMIZER_NAMES, OPTIMIZERS, make_optimizer
-from training.placement import AUTO_MEMBER_STRATEGY, AUTO_STEP_LOOP, resolve_placement
+from training import PRESETS, TrainConfig, format_optimizer_groups, format_summary, train_ensemble
 
-__all__ = [
-    "AUGMENTATIONS", "AUTO_MEMBER_STRATEGY", "AUTO_STEP_LOOP", "GroupResult",
-    "MEMBER_STRATEGIES", "OPTIMIZERS", "OPTIMIZER_NAMES", "PRESETS", "STEP_LOOPS",
-    "TrainConfig", "TrainResult", "build_parser", "config_from_args", "format_summary",
-    "main", "make_optimizer", "parse_folds", "parse_optimizer_groups", "resolve_placement",
-    "select_folds", "train_ensemble", "validate_config",
-]  # fmt: skip
+__all__ = ["build_parser", "config_from_args", "main"]
 
 INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 

@@ -143,7 +143,14 @@ class SelectedEnsemble(NamedTuple):
         return "; ".join(parts)
 
 
-def _measured(data, pool, label, weights, selections) -> SelectedEnsemble:
+def _measured(
+    data: DatasetScores,
+    pool: MemberPool,
+    label: str,
+    weights: np.ndarray,
+    selections: tuple[Selection, ...] | None,
+) -> SelectedEnsemble:
+    """The ensemble of per-fold ``weights`` over ``pool``, measured on the test folds."""
     probabilities = fuse_folds(data, pool, weights)
     return SelectedEnsemble(
         dataset=data.dataset,

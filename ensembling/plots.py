@@ -1,5 +1,6 @@
 """Plots: accuracy against ensemble size, reliability diagrams, hyperparameter sweeps,
-learning curves, the paper's Figure 1.
+learning curves, calibration. The paper's Figure 1 draws the optimizers, not an ensemble:
+it is ``optimizer_figures``'s.
 
 matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, so importing
 this in a notebook changes nothing.
@@ -27,12 +28,20 @@ from ensembling.tables import (
 LOG_SCALE_HYPERPARAMETERS = ("learning_rate", "eps", "weight_decay")
 
 
-def _new_figure(n_panels: int, height: float = 3.2):
+def _agg_figure(width: float, height: float):
+    """An empty figure (inches) on its own Agg canvas, laid out by matplotlib's constrained
+    layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3.6 * n_panels + 0.8, height), layout="constrained")
+    figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
+    return figure
+
+
+def _new_figure(n_panels: int, height: float = 3.2):
+    """A figure of ``n_panels`` side by side, and their axes."""
+    figure = _agg_figure(3.6 * n_panels + 0.8, height)
     return figure, figure.subplots(1, n_panels, squeeze=False)[0]
 
 
@@ -238,37 +247,6 @@ def plot_hyperparameter_sweep(
     return Path(path)
 
 
-def cyclic_factors(n_steps: int = 60, period: int = 30) -> tuple[np.ndarray, ...]:
-    """The paper's Figure 1 data: steps ``t = 1 .. n_steps``, Cos#1's ``c_t``, Cos#2's ``a_t``.
-
-    Computed by ``optax_dgrad.cos1_coefficient`` and ``cos2_coefficient`` (imported here, so
-    the rest of this module needs no JAX).
-    """
-    import jax.numpy as jnp
-
-    from optax_dgrad import cos1_coefficient, cos2_coefficient
-
-    steps = jnp.arange(1, n_steps + 1)
-    return (
-        np.asarray(steps),
-        np.asarray(cos1_coefficient(steps, period=period)),
-        np.asarray(cos2_coefficient(steps, period=period)),
-    )
-
-
-def plot_cyclic_factors(path: str | Path, n_steps: int = 60, period: int = 30) -> Path:
-    """The paper's Figure 1: ``c_t`` and ``a_t`` over ``t = 1 .. n_steps``."""
-    steps, cos1_factor, cos2_factor = cyclic_factors(n_steps, period)
-    figure, (axis,) = _new_figure(1)
-    axis.plot(steps, cos1_factor, label="$c_t$ (Cos#1, eq. 15)")
-    axis.plot(steps, cos2_factor, label="$a_t$ (Cos#2, eq. 17)")
-    axis.set(xlabel="step t", title=f"cyclic factors, period {period}")
-    axis.grid(alpha=0.3)
-    figure.legend(loc="outside lower center", ncols=2)
-    figure.savefig(path, dpi=90)
-    return Path(path)
-
-
 def plot_learning_curves(curves: Mapping[str, LearningCurves], path: str | Path) -> Path:
     """Training loss (top) and accuracy (bottom) per epoch, one column per group.
 
@@ -276,11 +254,7 @@ def plot_learning_curves(curves: Mapping[str, LearningCurves], path: str | Path)
     is bold, and a member's last finite epoch before it diverged is marked with an ``x``: the
     Adam variants' instability, and how the members of a group differ, can be seen.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(3.2 * len(curves) + 0.8, 5.6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _agg_figure(3.2 * len(curves) + 0.8, 5.6)
     axes = figure.subplots(2, len(curves), squeeze=False, sharex="col")
     for column, (group, curve) in enumerate(curves.items()):
         epochs = np.arange(1, curve.loss.shape[-1] + 1)
@@ -319,17 +293,15 @@ def plot_learning_curves(curves: Mapping[str, LearningCurves], path: str | Path)
     return Path(path)
 
 
-def plot_calibration(rows: Sequence[CalibrationRow], path: str | Path, n_bins: int = ECE_BINS):
+def plot_calibration(
+    rows: Sequence[CalibrationRow], path: str | Path, n_bins: int = ECE_BINS
+) -> Path:
     """Reliability diagram of each ensemble before and after temperature scaling, one panel
     per ensemble (``heldout.calibrate_ensemble``'s rows; member rows are skipped)."""
     rows = [row for row in rows if row.kind == "ensemble"]
     columns = min(4, max(1, len(rows)))
     grid_rows = -(-len(rows) // columns)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(3.2 * columns + 0.6, 3.2 * grid_rows + 0.4), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _agg_figure(3.2 * columns + 0.6, 3.2 * grid_rows + 0.4)
     axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
     for axis, row in zip(axes, rows, strict=False):
         axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")

@@ -1,4 +1,4 @@
-"""Text output: the tables as Markdown, and CSV/JSON files.
+"""Text output: the tables and the whole report as Markdown, and as CSV/JSON files.
 
 Markdown shows accuracies in percent; CSV and JSON hold fractions at full precision, with
 missing values empty (CSV) or null (JSON).
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ensembling.bootstrap import Interval
+from ensembling.evaluation import Evaluation
 from ensembling.heldout import CalibrationRow, MemberPool, SelectedEnsemble
 from ensembling.intervals import TableIntervals
 from ensembling.metrics import ClassificationMetrics
 from ensembling.runs import DatasetScores
-from ensembling.specs import display_name, format_hyperparameter, paper_order
-from ensembling.tables import MemberResult, SweepRow, Table1Row, Table2Entry
+from ensembling.specs import EnsembleSpec, display_name, format_hyperparameter, paper_order
+from ensembling.tables import LeftOutMember, MemberResult, SweepRow, Table1Row, Table2Entry
 from rundir import atomic_file, write_atomically
 
 
@@ -25,7 +27,7 @@ def _percent(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _interval(interval) -> str:
+def _interval(interval: Interval | None) -> str:
     """``[95.10, 97.90]`` in percent; empty without an interval."""
     if interval is None:
         return ""
@@ -48,7 +50,7 @@ def describe_runs(datasets: Mapping[str, DatasetScores]) -> list[dict]:
     descriptions = []
     for data in datasets.values():
         diverged = [
-            f"{optimizer}[{member}]@fold{data.folds[position]}"
+            str(LeftOutMember(optimizer, int(member), data.folds[position]))
             for optimizer, group in data.groups.items()
             for member, position in zip(*np.nonzero(group.diverged), strict=True)
         ]
@@ -80,7 +82,7 @@ def runs_markdown(datasets: Mapping[str, DatasetScores]) -> str:
                 else ""
             ),
             str(run["test_samples"]),
-            " + ".join(f"{display_name(name)}({count})" for name, count in run["members"].items()),
+            EnsembleSpec(tuple(run["members"].items())).label,
             ", ".join(run["diverged"]) or "none",
         ]
         for run in describe_runs(datasets)
@@ -343,7 +345,9 @@ def _finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _interval_columns(interval, prefix: str = "accuracy") -> dict[str, float | None]:
+def _interval_columns(
+    interval: Interval | None, prefix: str = "accuracy"
+) -> dict[str, float | None]:
     if interval is None:
         return {f"{prefix}_ci_low": None, f"{prefix}_ci_high": None}
     return {
@@ -362,167 +366,200 @@ def _row_intervals(intervals: TableIntervals, dataset: str, label: str) -> dict:
     }
 
 
-def write_tables(
-    out_dir: str | Path,
-    datasets: Mapping[str, DatasetScores],
-    members: Sequence[MemberResult],
-    table1_rows: Sequence[Table1Row],
-    table2_entries: Sequence[Table2Entry],
-    markdown: str,
-    sweep_rows: Sequence[SweepRow] = (),
-    rule: str = "sum",
-    *,
-    intervals: TableIntervals | None = None,
-    selected: Sequence[SelectedEnsemble] = (),
-    pools: Mapping[str, MemberPool] | None = None,
-    calibration: Sequence[CalibrationRow] = (),
-) -> list[Path]:
-    """Writes ``members.csv``, ``table1.csv``, ``table2.csv``, ``report.json``, ``tables.md``.
+def markdown_report(evaluation: Evaluation) -> str:
+    """The whole report as Markdown, as ``ensemble.py`` prints it and writes ``tables.md``:
+    the runs, Table 1, stand-alone metrics, Table 2, ensemble metrics, then, where there are
+    any, the ensembles chosen on validation rows, the differences from the baseline, the
+    temperature scaling and the sweep table."""
+    e, intervals = evaluation, evaluation.intervals
+    level = f"{intervals.level:.0%}"
+    sections = [
+        "## Runs",
+        runs_markdown(e.datasets),
+        f"## Table 1: stand-alone accuracy (%), mean ± std over members [{level} bootstrap "
+        "interval of the mean]",
+        table1_markdown(e.table1_rows, intervals),
+        "## Stand-alone metrics, mean over members (diverged members left out)",
+        member_metrics_markdown(e.members),
+        f"## Table 2: fused accuracy (%), {e.rule} rule [{level} bootstrap interval] "
+        "(†n: n member-folds left out as diverged)",
+        table2_markdown(e.table2_entries, intervals),
+        "## Ensemble metrics",
+        ensemble_metrics_markdown(e.table2_entries),
+    ]
+    if e.selected:
+        sections += [
+            "## Ensembles chosen on validation rows (the test folds only measure them) "
+            f"[{level} bootstrap interval]",
+            selection_markdown(e.selected, e.pools, e.datasets, intervals),
+        ]
+    sections += [
+        f"## Difference from the baseline (paired bootstrap, {intervals.n_resamples} "
+        "resamples of the test images within folds; * the interval excludes 0)",
+        differences_markdown(intervals),
+    ]
+    if e.calibration:
+        sections += [
+            "## Temperature scaling, fitted on validation rows per fold: test metrics "
+            "before → after",
+            calibration_markdown(e.calibration),
+        ]
+    if e.sweep_rows:
+        sections += [
+            "## Hyperparameter sweep: accuracy (%) per grid point, stand-alone mean ± std "
+            "over members and fused",
+            sweep_markdown(e.sweep_rows, e.rule),
+        ]
+    return "\n\n".join(sections)
 
-    CSV and JSON hold fractions (not percent) at full precision; missing values are empty
-    (CSV) or null (JSON). ``report.json`` also describes the runs (``describe_runs``). With
-    ``sweep_rows`` (some run has a hyperparameter sweep) it also writes ``sweep.csv`` (one
-    column per swept hyperparameter; ``rule`` is its fusion column) and ``report.json`` gets
-    a ``"sweep"`` list; without, the files are exactly those of a run without sweeps.
 
-    With ``intervals`` (``intervals.table_intervals``) the Table 1 and 2 rows get
-    ``accuracy_ci_low``/``accuracy_ci_high``, Table 2's also ``baseline``, ``difference`` and
-    ``difference_ci_low``/``difference_ci_high``. ``selected`` ensembles (with their
-    ``pools``) go to ``selection.csv``, ``calibration`` rows to ``calibration.csv``, and both
-    to ``report.json``.
+def write_tables(out_dir: str | Path, evaluation: Evaluation, markdown: str) -> list[Path]:
+    """Writes the tables as CSV files, ``report.json`` and ``markdown`` as ``tables.md``.
+
+    The CSV files are ``members.csv``, ``table1.csv``, ``table2.csv`` and, where there are
+    rows, ``sweep.csv`` (some run has a hyperparameter sweep), ``selection.csv`` and
+    ``calibration.csv``; without them the files are exactly those of a run without sweeps,
+    selection or calibration. CSV and JSON hold fractions (not percent) at full precision;
+    missing values are empty (CSV) or null (JSON). ``report.json`` holds the runs
+    (``describe_runs``), the same tables under the CSV files' names, and the bootstrap's
+    settings and baselines. Each file is written atomically.
+
+    Returns:
+      The files written, CSV files first.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric_names = ClassificationMetrics._fields
-
-    member_rows = [
-        {
-            "dataset": m.dataset,
-            "optimizer": m.optimizer,
-            "member": m.member,
-            "diverged_folds": " ".join(map(str, m.diverged_folds)),
-            **{k: (getattr(m.metrics, k) if m.metrics else None) for k in metric_names},
-        }
-        for m in members
-    ]
-    table1_dicts = [
-        {
-            "dataset": r.dataset,
-            "optimizer": r.optimizer,
-            "members": r.n_members,
-            "diverged": len(r.diverged_members),
-            "diverged_members": " ".join(map(str, r.diverged_members)),
-            "accuracy_mean": _finite_or_none(r.accuracy_mean),
-            "accuracy_std": _finite_or_none(r.accuracy_std),
-            **(
-                _interval_columns(intervals.table1.get((r.dataset, r.optimizer)))
-                if intervals
-                else {}
-            ),
-        }
-        for r in table1_rows
-    ]
-    table2_dicts = []
-    for entry in table2_entries:
-        result = entry.result
-        table2_dicts.append(
-            {
-                "dataset": entry.dataset,
-                "ensemble": entry.spec.label,
-                "fusion": result.rule if result else None,
-                "members": entry.spec.size,
-                "left_out": len(result.left_out) if result else None,
-                "left_out_members": " ".join(map(str, result.left_out)) if result else None,
-                **{k: (getattr(result.metrics, k) if result else None) for k in metric_names},
-                "diversity": _finite_or_none(result.diversity) if result else None,
-                "unavailable": entry.unavailable,
-                **(_row_intervals(intervals, entry.dataset, entry.spec.label) if intervals else {}),
-            }
-        )
-    selection_dicts = [
-        {
-            "dataset": e.dataset,
-            "ensemble": e.label,
-            **{k: getattr(e.metrics, k) for k in metric_names},
-            **(_row_intervals(intervals, e.dataset, e.label) if intervals else {}),
-            "members": (
-                e.multiset(pools[e.dataset], datasets[e.dataset].folds)
-                if e.selections is not None and pools
-                else "all not diverged"
-            ),
-        }
-        for e in selected
-    ]
-    calibration_dicts = [
-        {
-            "dataset": r.dataset,
-            "kind": r.kind,
-            "name": r.name,
-            "temperatures": " ".join(f"{t:.6g}" for t in r.temperatures),
-            "accuracy": r.after.accuracy,
-            **{f"{k}_before": getattr(r.before, k) for k in ("nll", "ece", "brier")},
-            **{f"{k}_after": getattr(r.after, k) for k in ("nll", "ece", "brier")},
-        }
-        for r in calibration
-    ]
-    names = sweep_names(sweep_rows)
-    sweep_dicts = [
-        {
-            "dataset": r.dataset,
-            "optimizer": r.optimizer,
-            "group": r.group,
-            **{name: dict(r.hyperparameters).get(name) for name in names},
-            "members": r.n_members,
-            "diverged": len(r.diverged_members),
-            "diverged_members": " ".join(map(str, r.diverged_members)),
-            "accuracy_mean": _finite_or_none(r.accuracy_mean),
-            "accuracy_std": _finite_or_none(r.accuracy_std),
-            "fusion": rule,
-            "fused_accuracy": _finite_or_none(r.fused_accuracy),
-        }
-        for r in sweep_rows
-    ]
-    tables = [
-        ("members.csv", member_rows),
-        ("table1.csv", table1_dicts),
-        ("table2.csv", table2_dicts),
-    ]
-    if sweep_dicts:
-        tables.append(("sweep.csv", sweep_dicts))
-    if selection_dicts:
-        tables.append(("selection.csv", selection_dicts))
-    if calibration_dicts:
-        tables.append(("calibration.csv", calibration_dicts))
-    paths = []
-    for name, rows in tables:
-        path = out_dir / name
-        with atomic_file(path) as file:  # a full disk leaves the old table, not half of one
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
-        paths.append(path)
+    tables = _result_tables(evaluation)
+    paths = [_write_csv(out_dir / f"{name}.csv", rows) for name, rows in tables.items()]
+    intervals = evaluation.intervals
     report = {
-        "runs": describe_runs(datasets),
-        "members": member_rows,
-        "table1": table1_dicts,
-        "table2": table2_dicts,
-        **({"sweep": sweep_dicts} if sweep_dicts else {}),
-        **({"selection": selection_dicts} if selection_dicts else {}),
-        **({"calibration": calibration_dicts} if calibration_dicts else {}),
-        **(
-            {
-                "bootstrap": {
-                    "resamples": intervals.n_resamples,
-                    "level": intervals.level,
-                    "baselines": intervals.baselines,
-                }
-            }  # fmt: skip
-            if intervals
-            else {}
-        ),
+        "runs": describe_runs(evaluation.datasets),
+        **tables,
+        "bootstrap": {
+            "resamples": intervals.n_resamples,
+            "level": intervals.level,
+            "baselines": intervals.baselines,
+        },
     }
     json_path = out_dir / "report.json"
     write_atomically(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
     markdown_path = out_dir / "tables.md"
     write_atomically(markdown_path, markdown + "\n")
     return [*paths, json_path, markdown_path]
+
+
+def _result_tables(evaluation: Evaluation) -> dict[str, list[dict]]:
+    """The tables as rows of fractions, by name (``members``, ``table1``, ``table2``, then
+    ``sweep``, ``selection`` and ``calibration`` where they have rows): the CSV files' and
+    ``report.json``'s content."""
+    e, intervals = evaluation, evaluation.intervals
+    tables = {
+        "members": [_member_row(m) for m in e.members],
+        "table1": [_table1_row(r, intervals) for r in e.table1_rows],
+        "table2": [_table2_row(entry, intervals) for entry in e.table2_entries],
+    }
+    names = sweep_names(e.sweep_rows)
+    optional = {
+        "sweep": [_sweep_row(r, names, e.rule) for r in e.sweep_rows],
+        "selection": [_selection_row(s, e.pools, e.datasets, intervals) for s in e.selected],
+        "calibration": [_calibration_row(r) for r in e.calibration],
+    }
+    return tables | {name: rows for name, rows in optional.items() if rows}
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    with atomic_file(path) as file:  # a full disk leaves the old table, not half of one
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _metric_columns(metrics: ClassificationMetrics | None) -> dict[str, float | None]:
+    return {k: (getattr(metrics, k) if metrics else None) for k in ClassificationMetrics._fields}
+
+
+def _member_row(m: MemberResult) -> dict:
+    return {
+        "dataset": m.dataset,
+        "optimizer": m.optimizer,
+        "member": m.member,
+        "diverged_folds": " ".join(map(str, m.diverged_folds)),
+        **_metric_columns(m.metrics),
+    }
+
+
+def _table1_row(r: Table1Row, intervals: TableIntervals) -> dict:
+    return {
+        "dataset": r.dataset,
+        "optimizer": r.optimizer,
+        "members": r.n_members,
+        "diverged": len(r.diverged_members),
+        "diverged_members": " ".join(map(str, r.diverged_members)),
+        "accuracy_mean": _finite_or_none(r.accuracy_mean),
+        "accuracy_std": _finite_or_none(r.accuracy_std),
+        **_interval_columns(intervals.table1.get((r.dataset, r.optimizer))),
+    }
+
+
+def _table2_row(entry: Table2Entry, intervals: TableIntervals) -> dict:
+    result = entry.result
+    return {
+        "dataset": entry.dataset,
+        "ensemble": entry.spec.label,
+        "fusion": result.rule if result else None,
+        "members": entry.spec.size,
+        "left_out": len(result.left_out) if result else None,
+        "left_out_members": " ".join(map(str, result.left_out)) if result else None,
+        **_metric_columns(result.metrics if result else None),
+        "diversity": _finite_or_none(result.diversity) if result else None,
+        "unavailable": entry.unavailable,
+        **_row_intervals(intervals, entry.dataset, entry.spec.label),
+    }
+
+
+def _sweep_row(r: SweepRow, names: Sequence[str], rule: str) -> dict:
+    return {
+        "dataset": r.dataset,
+        "optimizer": r.optimizer,
+        "group": r.group,
+        **{name: dict(r.hyperparameters).get(name) for name in names},
+        "members": r.n_members,
+        "diverged": len(r.diverged_members),
+        "diverged_members": " ".join(map(str, r.diverged_members)),
+        "accuracy_mean": _finite_or_none(r.accuracy_mean),
+        "accuracy_std": _finite_or_none(r.accuracy_std),
+        "fusion": rule,
+        "fused_accuracy": _finite_or_none(r.fused_accuracy),
+    }
+
+
+def _selection_row(
+    e: SelectedEnsemble,
+    pools: Mapping[str, MemberPool],
+    datasets: Mapping[str, DatasetScores],
+    intervals: TableIntervals,
+) -> dict:
+    return {
+        "dataset": e.dataset,
+        "ensemble": e.label,
+        **_metric_columns(e.metrics),
+        **_row_intervals(intervals, e.dataset, e.label),
+        "members": (
+            e.multiset(pools[e.dataset], datasets[e.dataset].folds)
+            if e.selections is not None and pools
+            else "all not diverged"
+        ),
+    }
+
+
+def _calibration_row(r: CalibrationRow) -> dict:
+    return {
+        "dataset": r.dataset,
+        "kind": r.kind,
+        "name": r.name,
+        "temperatures": " ".join(f"{t:.6g}" for t in r.temperatures),
+        "accuracy": r.after.accuracy,
+        **{f"{k}_before": getattr(r.before, k) for k in ("nll", "ece", "brier")},
+        **{f"{k}_after": getattr(r.after, k) for k in ("nll", "ece", "brier")},
+    }

@@ -119,15 +119,53 @@ class DatasetScores(NamedTuple):
         return np.searchsorted(self.folds, self.sample_fold)
 
 
-def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
-    if a.shape != b.shape:
-        return f"{a.shape[0]} vs {b.shape[0]} entries"
-    position = int(np.flatnonzero(a != b)[0])
-    return f"first difference at position {position}: {a[position]} vs {b[position]}"
+class _Fold(NamedTuple):
+    """One fold's score files, checked against ``config.json`` and against each other.
+
+    Attributes:
+      fold: the fold number.
+      files: by configured group, in ``config.json``'s order.
+      grid_points: by configured group, each grid point's group name (the group itself
+        without a sweep) -> its ``(name, value)`` pairs and its members in the file.
+    """
+
+    fold: int
+    files: dict[str, FoldScores]
+    grid_points: dict[str, dict[str, tuple[tuple[tuple[str, float], ...], slice]]]
+
+    @property
+    def reference(self) -> FoldScores:
+        """The fold's first file, which every other file of the fold agrees with."""
+        return next(iter(self.files.values()))
 
 
-def _first(fold_files: dict[str, FoldScores]) -> FoldScores:
-    return next(iter(fold_files.values()))
+def load_run(run_dir: str | Path) -> DatasetScores:
+    """Reads and cross-checks all score files of one run directory.
+
+    Checks that every group of ``config.json`` has one file per trained fold (every
+    ``fold{F}`` present, each one the run planned) with the configured number of members,
+    that each file carries the run's settings digest (when the run has provenance), agrees
+    with its place (optimizer, fold) and all name the same data set, that all groups of a
+    fold share the labels, test indices and class names, that class names agree across
+    folds, and that no sample is test data in two folds. The data set's name is the one in
+    the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
+    are not score files and are not read. Planned folds without scores are warned about
+    (``RunWarning``) and listed in ``missing_folds``.
+
+    A sweep's group (config.json's ``sweep``) must hold ``optimizers[group]`` members per grid
+    point, grid point by grid point, each point of the sweep once, with the sweep's names; it
+    becomes one group per grid point (``specs.grid_point_group``), in the file's order.
+
+    Raises:
+      ScoreFileError: naming the file(s) and the problem.
+    """
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    fold_dirs = _fold_directories(run_dir / SCORES_DIR)
+    missing_folds = _missing_folds(config, fold_dirs, run_dir / SCORES_DIR)
+    folds = [_read_fold(run_dir, config, fold, fold_dir) for fold, fold_dir in fold_dirs.items()]
+    _check_folds_agree(folds)
+    return _pooled_run(run_dir, folds, missing_folds)
 
 
 def _read_config(run_dir: Path) -> RunConfig:
@@ -152,6 +190,129 @@ def _read_config(run_dir: Path) -> RunConfig:
             stacklevel=3,
         )
     return config
+
+
+def _fold_directories(scores_dir: Path) -> dict[int, Path]:
+    """``scores/``'s ``fold{F}`` directories by fold, ascending; anything else is an error."""
+    if not scores_dir.is_dir():
+        raise ScoreFileError(f"{scores_dir}: not found; the run has written no scores")
+    fold_dirs = {}
+    for entry in sorted(scores_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        match = _FOLD_DIR.fullmatch(entry.name)
+        if match is None or not entry.is_dir():
+            raise ScoreFileError(f"{entry}: unexpected; scores/ holds only fold{{F}} directories")
+        fold_dirs[int(match.group(1))] = entry
+    if not fold_dirs:
+        raise ScoreFileError(f"{scores_dir}: holds no fold{{F}} directory")
+    return dict(sorted(fold_dirs.items()))
+
+
+def _missing_folds(
+    config: RunConfig, fold_dirs: Mapping[int, Path], scores_dir: Path
+) -> tuple[int, ...]:
+    """The planned folds without scores, warned about; a fold the run did not plan is an error."""
+    planned = config.folds
+    if config.provenance is not None:
+        planned = config.provenance.planned_folds
+    if planned is None:
+        return ()
+    extra = sorted(set(fold_dirs) - set(planned))
+    if extra:
+        raise ScoreFileError(
+            f"{scores_dir}: holds folds {sorted(fold_dirs)}; config.json plans folds "
+            f"{sorted(planned)}"
+        )
+    missing_folds = tuple(sorted(set(planned) - set(fold_dirs)))
+    if missing_folds:
+        warnings.warn(
+            f"{scores_dir}: folds {list(missing_folds)} of the planned {sorted(planned)} "
+            "have no scores (the run has not finished them); the tables pool the folds "
+            f"{sorted(fold_dirs)} only",
+            RunWarning,
+            stacklevel=3,
+        )
+    return missing_folds
+
+
+def _read_fold(run_dir: Path, config: RunConfig, fold: int, fold_dir: Path) -> _Fold:
+    """Every configured group's score file of one fold, each checked against ``config.json``,
+    all agreeing on the data set, the test split and the validation rows."""
+    present = {
+        path.stem: path for path in fold_dir.glob("*.npz") if not path.name.endswith(PARTIAL_SUFFIX)
+    }
+    unexpected = sorted(set(present) - set(config.groups))
+    if unexpected:
+        raise ScoreFileError(
+            f"{fold_dir}: score files {unexpected} for groups not in config.json's "
+            f"'optimizers' {sorted(config.groups)}"
+        )
+    files, grid_points = {}, {}
+    for optimizer, members in config.groups.items():
+        path = Path(scores_path(run_dir, fold, optimizer))
+        if optimizer not in present:
+            raise ScoreFileError(
+                f"{path}: missing; config.json lists {optimizer!r} with {members} members"
+            )
+        files[optimizer] = scores = _read_group_file(path, config, optimizer, fold)
+        grid_points[optimizer] = {
+            group: (pairs, members_slice)
+            for group, pairs, members_slice in _grid_points(scores, members, config.sweep or {})
+        }
+    checked = _Fold(fold, files, grid_points)
+    for scores in files.values():
+        where = f"{scores.path} and {checked.reference.path}"
+        _require_agreement(
+            scores,
+            checked.reference,
+            ("dataset", "test_indices", "labels"),
+            where=where,
+            why="every group of a fold must be scored on the same test split",
+        )
+        _require_agreement(
+            scores,
+            checked.reference,
+            ("validation_indices",),
+            where=where,
+            why="every group of a fold must hold out the same validation rows",
+        )
+    return checked
+
+
+def _read_group_file(path: Path, config: RunConfig, optimizer: str, fold: int) -> FoldScores:
+    """One group's score file of one fold, checked against its place and ``config.json``: the
+    optimizer and fold, the sweep's names, the settings digest and the member count."""
+    scores = read_score_file(path)
+    _expect(
+        (scores.optimizer, scores.fold) == (optimizer, fold),
+        path,
+        f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
+        f"{optimizer!r}, fold {fold}",
+    )
+    sweep = config.sweep or {}
+    _check_sweep_names(scores, sweep)
+    if config.provenance is not None:
+        digest = config.provenance.digest
+        _expect(
+            scores.config_digest == digest,
+            path,
+            f"was trained with settings of digest {scores.config_digest}; this run's "
+            f"config.json has {digest}: the file does not belong to this run",
+        )
+    members = config.groups[optimizer]
+    n_points = math.prod(len(values) for values in sweep.values())
+    per_grid_point = (
+        f" per grid point x {n_points} grid points of its 'sweep' = {members * n_points}"
+        if sweep
+        else ""
+    )
+    _expect(
+        scores.scores.shape[0] == members * n_points,
+        path,
+        f"{scores.scores.shape[0]} members; config.json says {members}{per_grid_point}",
+    )
+    return scores
 
 
 def _check_sweep_names(scores: FoldScores, sweep: Mapping[str, Sequence[float]]) -> None:
@@ -180,10 +341,10 @@ def _grid_points(
     the pairs in the grid's canonical order (``rundir.SWEEPABLE``).
 
     Without a sweep the whole file is one group. With one, the members must come in blocks
-    of ``per_point``, one grid point each, every grid point of the sweep once.
+    of ``per_point``, one grid point each, every grid point of the sweep once (the file's
+    hyperparameter names are the sweep's: ``_check_sweep_names`` has checked them).
     """
     path, names = scores.path, scores.hyperparameter_names
-    _check_sweep_names(scores, sweep)
     if not sweep:
         return [(scores.optimizer, (), slice(None))]
     allowed = {name: [format_hyperparameter(v) for v in values] for name, values in sweep.items()}
@@ -220,209 +381,116 @@ def _grid_points(
     return points
 
 
-def load_run(run_dir: str | Path) -> DatasetScores:
-    """Reads and cross-checks all score files of one run directory.
-
-    Checks that every group of ``config.json`` has one file per trained fold (every
-    ``fold{F}`` present, each one the run planned) with the configured number of members,
-    that each file carries the run's settings digest (when the run has provenance), agrees
-    with its place (optimizer, fold) and all name the same data set, that all groups of a
-    fold share the labels, test indices and class names, that class names agree across
-    folds, and that no sample is test data in two folds. The data set's name is the one in
-    the score files. ``*.partial.npz`` files, the trainer's unfinished writes,
-    are not score files and are not read. Planned folds without scores are warned about
-    (``RunWarning``) and listed in ``missing_folds``.
-
-    A sweep's group (config.json's ``sweep``) must hold ``optimizers[group]`` members per grid
-    point, grid point by grid point, each point of the sweep once, with the sweep's names; it
-    becomes one group per grid point (``specs.grid_point_group``), in the file's order.
-
-    Raises:
-      ScoreFileError: naming the file(s) and the problem.
-    """
-    run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    configured, configured_folds, sweep = config.groups, config.folds, config.sweep or {}
-    digest = config.provenance.digest if config.provenance is not None else None
-    n_points = math.prod(len(values) for values in sweep.values())
-    scores_dir = run_dir / SCORES_DIR
-    if not scores_dir.is_dir():
-        raise ScoreFileError(f"{scores_dir}: not found; the run has written no scores")
-    fold_dirs = {}
-    for entry in sorted(scores_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        match = _FOLD_DIR.fullmatch(entry.name)
-        if match is None or not entry.is_dir():
-            raise ScoreFileError(f"{entry}: unexpected; scores/ holds only fold{{F}} directories")
-        fold_dirs[int(match.group(1))] = entry
-    if not fold_dirs:
-        raise ScoreFileError(f"{scores_dir}: holds no fold{{F}} directory")
-    planned = configured_folds
-    if config.provenance is not None:
-        planned = config.provenance.planned_folds
-    missing_folds: tuple[int, ...] = ()
-    if planned is not None:
-        extra = sorted(set(fold_dirs) - set(planned))
-        if extra:
-            raise ScoreFileError(
-                f"{scores_dir}: holds folds {sorted(fold_dirs)}; config.json plans folds "
-                f"{sorted(planned)}"
-            )
-        missing_folds = tuple(sorted(set(planned) - set(fold_dirs)))
-        if missing_folds:
-            warnings.warn(
-                f"{scores_dir}: folds {list(missing_folds)} of the planned {sorted(planned)} "
-                "have no scores (the run has not finished them); the tables pool the folds "
-                f"{sorted(fold_dirs)} only",
-                RunWarning,
-                stacklevel=2,
-            )
-
-    folds: list[dict[str, FoldScores]] = []
-    fold_points: list[dict[str, dict[str, tuple]]] = []
-    for fold, fold_dir in sorted(fold_dirs.items()):
-        present = {
-            path.stem: path
-            for path in fold_dir.glob("*.npz")
-            if not path.name.endswith(PARTIAL_SUFFIX)
-        }
-        unexpected = sorted(set(present) - set(configured))
-        if unexpected:
-            raise ScoreFileError(
-                f"{fold_dir}: score files {unexpected} for groups not in config.json's "
-                f"'optimizers' {sorted(configured)}"
-            )
-        fold_files, points = {}, {}
-        for optimizer, members in configured.items():
-            path = Path(scores_path(run_dir, fold, optimizer))
-            if optimizer not in present:
-                raise ScoreFileError(
-                    f"{path}: missing; config.json lists {optimizer!r} with {members} members"
-                )
-            scores = read_score_file(path)
-            _expect(
-                (scores.optimizer, scores.fold) == (optimizer, fold),
-                path,
-                f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
-                f"{optimizer!r}, fold {fold}",
-            )
-            _check_sweep_names(scores, sweep)
-            if digest is not None:
-                _expect(
-                    scores.config_digest == digest,
-                    path,
-                    f"was trained with settings of digest {scores.config_digest}; this run's "
-                    f"config.json has {digest}: the file does not belong to this run",
-                )
-            per_grid_point = (
-                f" per grid point x {n_points} grid points of its 'sweep' = {members * n_points}"
-                if sweep
-                else ""
-            )
-            _expect(
-                scores.scores.shape[0] == members * n_points,
-                path,
-                f"{scores.scores.shape[0]} members; config.json says {members}{per_grid_point}",
-            )
-            fold_files[optimizer] = scores
-            points[optimizer] = {
-                group: (pairs, members_slice)
-                for group, pairs, members_slice in _grid_points(scores, members, sweep)
-            }
-        reference = next(iter(fold_files.values()))
-        for scores in fold_files.values():
-            if scores.dataset != reference.dataset:
-                raise ScoreFileError(
-                    f"{scores.path} and {reference.path} name different data sets: "
-                    f"{scores.dataset!r} vs {reference.dataset!r}"
-                )
-            for key in ("test_indices", "labels"):
-                ours, theirs = getattr(scores, key), getattr(reference, key)
-                if ours.shape != theirs.shape or np.any(ours != theirs):
-                    raise ScoreFileError(
-                        f"{scores.path} and {reference.path} disagree on {key!r} "
-                        f"({_first_difference(ours, theirs)}); every group of a fold must be "
-                        "scored on the same test split"
-                    )
-            ours = scores.validation_indices_or_empty
-            theirs = reference.validation_indices_or_empty
-            if ours.shape != theirs.shape or np.any(ours != theirs):
-                raise ScoreFileError(
-                    f"{scores.path} and {reference.path} disagree on 'validation_indices' "
-                    f"({_first_difference(ours, theirs)}); every group of a fold must hold "
-                    "out the same validation rows"
-                )
-        folds.append(fold_files)
-        fold_points.append(points)
-
-    reference = next(iter(folds[0].values()))
+def _check_folds_agree(folds: Sequence[_Fold]) -> None:
+    """The folds name one data set and one list of class names, and no sample is test data
+    in two of them."""
+    first = folds[0].reference
     seen_indices: dict[int, Path] = {}
-    for fold_files in folds:
-        fold_reference = next(iter(fold_files.values()))
-        if fold_reference.dataset != reference.dataset:
-            raise ScoreFileError(
-                f"{fold_reference.path} and {reference.path} name different data sets: "
-                f"{fold_reference.dataset!r} vs {reference.dataset!r}"
-            )
-        if fold_reference.class_names != reference.class_names:
-            raise ScoreFileError(
-                f"{fold_reference.path} and {reference.path} disagree on 'class_names': "
-                f"{list(fold_reference.class_names)} vs {list(reference.class_names)}"
-            )
-        for index in fold_reference.test_indices.tolist():
+    for fold in folds:
+        _require_agreement(
+            fold.reference,
+            first,
+            ("dataset", "class_names"),
+            where=f"{fold.reference.path} and {first.path}",
+        )
+        for index in fold.reference.test_indices.tolist():
             if index in seen_indices:
                 raise ScoreFileError(
-                    f"{fold_reference.path} and {seen_indices[index]} both hold test index "
+                    f"{fold.reference.path} and {seen_indices[index]} both hold test index "
                     f"{index}; each sample must be test data in exactly one fold"
                 )
-            seen_indices[index] = fold_reference.path
+            seen_indices[index] = fold.reference.path
 
-    def pooled(key: str) -> np.ndarray:
-        return np.concatenate([getattr(_first(f), key) for f in folds])
 
-    has_validation = all(_first(f).validation_scores is not None for f in folds)
-    groups = {}
-    for optimizer in paper_order(configured):
-        per_fold = [fold_files[optimizer] for fold_files in folds]
-        for group, (pairs, _) in fold_points[0][optimizer].items():
-            # The same grid points in every fold (each is checked against config.json).
-            slices = [points[optimizer][group][1] for points in fold_points]
-            groups[group] = GroupScores(
-                optimizer=group,
-                run_dir=run_dir,
-                scores=np.concatenate(
-                    [f.scores[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
-                ),
-                diverged=np.stack(
-                    [f.diverged[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
-                ),
-                member_seeds=np.stack(
-                    [f.member_seeds[s] for f, s in zip(per_fold, slices, strict=True)], axis=1
-                ),
-                hyperparameters=pairs,
-                validation_scores=(
-                    tuple(f.validation_scores[s] for f, s in zip(per_fold, slices, strict=True))
-                    if has_validation
-                    else None
-                ),
-            )
+def _pooled_run(
+    run_dir: Path, folds: Sequence[_Fold], missing_folds: tuple[int, ...]
+) -> DatasetScores:
+    """The run with its folds' test samples concatenated in fold order."""
+    references = [fold.reference for fold in folds]
+    has_validation = all(scores.validation_scores is not None for scores in references)
     return DatasetScores(
-        dataset=reference.dataset,
-        class_names=reference.class_names,
-        labels=pooled("labels"),
-        test_indices=pooled("test_indices"),
-        folds=tuple(sorted(fold_dirs)),
+        dataset=references[0].dataset,
+        class_names=references[0].class_names,
+        labels=np.concatenate([scores.labels for scores in references]),
+        test_indices=np.concatenate([scores.test_indices for scores in references]),
+        folds=tuple(fold.fold for fold in folds),
         sample_fold=np.concatenate(
-            [np.full(len(f.labels), f.fold, dtype=np.int64) for f in map(_first, folds)]
+            [np.full(len(scores.labels), scores.fold, dtype=np.int64) for scores in references]
         ),
-        groups=groups,
+        groups=_pooled_groups(run_dir, folds, has_validation),
         run_dirs=(run_dir,),
         missing_folds=missing_folds,
         validation_labels=(
-            tuple(_first(f).validation_labels for f in folds) if has_validation else None
+            tuple(scores.validation_labels for scores in references) if has_validation else None
         ),
     )
+
+
+def _pooled_groups(
+    run_dir: Path, folds: Sequence[_Fold], has_validation: bool
+) -> dict[str, GroupScores]:
+    """Every group (a sweep's: every grid point) with its folds' members side by side and its
+    test samples concatenated in fold order; groups in the paper's order."""
+    groups = {}
+    for optimizer in paper_order(folds[0].files):
+        per_fold = [fold.files[optimizer] for fold in folds]
+        for group, (pairs, _) in folds[0].grid_points[optimizer].items():
+            # The same grid points in every fold (each is checked against config.json).
+            members = [fold.grid_points[optimizer][group][1] for fold in folds]
+            in_folds = list(zip(per_fold, members, strict=True))
+            groups[group] = GroupScores(
+                optimizer=group,
+                run_dir=run_dir,
+                scores=np.concatenate([f.scores[m] for f, m in in_folds], axis=1),
+                diverged=np.stack([f.diverged[m] for f, m in in_folds], axis=1),
+                member_seeds=np.stack([f.member_seeds[m] for f, m in in_folds], axis=1),
+                hyperparameters=pairs,
+                validation_scores=(
+                    tuple(f.validation_scores[m] for f, m in in_folds) if has_validation else None
+                ),
+            )
+    return groups
+
+
+def _require_agreement(
+    first: FoldScores | DatasetScores,
+    second: FoldScores | DatasetScores,
+    keys: Sequence[str],
+    *,
+    where: str,
+    why: str = "",
+) -> None:
+    """The one check that two score files, or two runs, agree on ``keys``, in order: the data
+    set's name, the class names, or a per-sample array (a missing one is empty).
+
+    Raises:
+      ScoreFileError: ``"{where} ..."``, naming the first key they disagree on and, for an
+        array, its first difference and ``why`` it must agree.
+    """
+    for key in keys:
+        ours, theirs = getattr(first, key), getattr(second, key)
+        if key == "dataset":
+            if ours != theirs:
+                raise ScoreFileError(f"{where} name different data sets: {ours!r} vs {theirs!r}")
+        elif key == "class_names":
+            if ours != theirs:
+                raise ScoreFileError(
+                    f"{where} disagree on 'class_names': {list(ours)} vs {list(theirs)}"
+                )
+        else:
+            ours = np.zeros(0, np.int64) if ours is None else ours
+            theirs = np.zeros(0, np.int64) if theirs is None else theirs
+            if ours.shape != theirs.shape or np.any(ours != theirs):
+                raise ScoreFileError(
+                    f"{where} disagree on {key!r} ({_first_difference(ours, theirs)}); {why}"
+                )
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
+    if a.shape != b.shape:
+        return f"{a.shape[0]} vs {b.shape[0]} entries"
+    position = int(np.flatnonzero(a != b)[0])
+    return f"first difference at position {position}: {a[position]} vs {b[position]}"
 
 
 def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
@@ -433,25 +501,20 @@ def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
         optimizer group is in both runs.
     """
     both = f"{', '.join(map(str, first.run_dirs))} and {', '.join(map(str, second.run_dirs))}"
-    if first.dataset != second.dataset:
-        raise ScoreFileError(f"{both}: different data sets {first.dataset!r}, {second.dataset!r}")
-    if first.class_names != second.class_names:
-        raise ScoreFileError(
-            f"{both}: runs of {first.dataset!r} disagree on class names: "
-            f"{list(first.class_names)} vs {list(second.class_names)}"
-        )
+    runs = f"{both}: runs of {first.dataset!r}"
+    _require_agreement(first, second, ("dataset",), where=both)
+    _require_agreement(first, second, ("class_names",), where=runs)
     if first.folds != second.folds:
         raise ScoreFileError(
-            f"{both}: runs of {first.dataset!r} trained different folds: {list(first.folds)} "
-            f"vs {list(second.folds)}"
+            f"{runs} trained different folds: {list(first.folds)} vs {list(second.folds)}"
         )
-    for key in ("sample_fold", "test_indices", "labels"):
-        ours, theirs = getattr(first, key), getattr(second, key)
-        if ours.shape != theirs.shape or np.any(ours != theirs):
-            raise ScoreFileError(
-                f"{both}: runs of {first.dataset!r} disagree on {key!r} "
-                f"({_first_difference(ours, theirs)}); merged runs must use the same folds"
-            )
+    _require_agreement(
+        first,
+        second,
+        ("sample_fold", "test_indices", "labels"),
+        where=runs,
+        why="merged runs must use the same folds",
+    )
     for optimizer in first.groups.keys() & second.groups.keys():
         raise ScoreFileError(
             f"optimizer group {optimizer!r} of data set {first.dataset!r} is in two runs: "

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ensembling.fusion import FusedScores, fuse
 from ensembling.metrics import (
@@ -207,7 +208,7 @@ def member_results(data: DatasetScores) -> list[MemberResult]:
     return results
 
 
-def accuracy_mean_and_std(accuracies) -> tuple[float, float]:
+def accuracy_mean_and_std(accuracies: ArrayLike) -> tuple[float, float]:
     """Table 1's statistic: mean and sample standard deviation of member accuracies.
 
     The standard deviation uses ``ddof=1`` (MATLAB's ``std``, which the paper used). The mean

@@ -1,11 +1,11 @@
 """Synthetic runs of known accuracy for the ensemble tests, written through the format's
-owner, ``ensemble.write_score_file``."""
+owner, ``ensembling.write_score_file``."""
 
 import json
 
 import numpy as np
 
-import ensemble
+import ensembling
 
 CLASS_NAMES = ("a", "b", "c")
 
@@ -21,12 +21,12 @@ def write_fold(
     class_names=CLASS_NAMES,
     diverged=None,
 ):
-    """One score file through the format's owner, ``ensemble.write_score_file``.
+    """One score file through the format's owner, ``ensembling.write_score_file``.
 
     Member seeds are ``1000 * fold + member``; no member diverged unless ``diverged`` says so.
     """
     scores = np.asarray(scores)
-    return ensemble.write_score_file(
+    return ensembling.write_score_file(
         path,
         scores=scores,
         labels=labels,

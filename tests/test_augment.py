@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from data.augment import NO_AUGMENTATION, AugmentConfig, augment_images
+from training.augment import NO_AUGMENTATION, AugmentConfig, augment_images
 
 
 def ramp_images(count=4, size=16):

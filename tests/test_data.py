@@ -165,7 +165,7 @@ def test_tensorflow_datasets_is_imported_only_for_a_tfds_data_set(tmp_path):
     # A fresh interpreter: this test process has imported TFDS through other tests.
     script = f"""
 import sys
-import data, data.augment, models, models.pretrained
+import data, models, models.pretrained, training.augment
 from data import DATASET_NAMES, iter_folds, load_dataset
 assert DATASET_NAMES == ("digits", "hela", "bg", "lar"), DATASET_NAMES
 digits = load_dataset("digits", 8)

@@ -34,6 +34,7 @@ import pytest
 from trainer_testing import STRATEGY_SPREAD
 
 import train
+import training
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
 PROCESSES = 2
@@ -128,7 +129,7 @@ def run_in_this_process(out_dir: str, *args: str, devices=None) -> str:
     config = train.config_from_args(
         train.build_parser().parse_args([*RUN_ARGS, *args, "--out-dir", out_dir])
     )
-    train.train_ensemble(config, progress=False, devices=devices)
+    training.train_ensemble(config, progress=False, devices=devices)
     return out_dir
 
 

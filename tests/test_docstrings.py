@@ -19,7 +19,9 @@ MODULES = [
 ]
 
 
-@pytest.mark.parametrize("name", MODULES + ["data.augment", "rundir", "ensembling.specs"])
+@pytest.mark.parametrize(
+    "name", MODULES + ["training", "training.augment", "rundir", "ensembling", "ensembling.specs"]
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -1,6 +1,6 @@
 """Tests of ensemble.py: fusion, metrics, score-file checks, the paper's tables, CLI, plots.
 
-Score files are written by `ensemble.write_score_file`, the format's owner (through
+Score files are written by `ensembling.write_score_file`, the format's owner (through
 `write_fold` and `write_run`); the synthetic runs have accuracies built in by construction
 (see `hela_run`). Score files and run directories: test_ensemble_score_files.py.
 """
@@ -25,6 +25,8 @@ from ensemble_testing import (
 from sklearn import metrics as sk_metrics
 
 import ensemble
+import ensembling
+import optimizer_figures
 
 
 @pytest.fixture
@@ -38,10 +40,10 @@ def hela_run(tmp_path):
 
 def test_parse_spec_both_notations():
     expected = (("sgd", 14), ("dgrad", 7), ("cos1", 7))
-    assert ensemble.parse_ensemble_spec("SGD(14) + DGrad(7) + Cos#1(7)").terms == expected
-    assert ensemble.parse_ensemble_spec("sgd:14+dgrad:7+cos1:7").terms == expected
-    assert ensemble.parse_ensemble_spec("sGd( 14 )+DGRAD:7 + COS#1(7)").terms == expected
-    spec = ensemble.parse_ensemble_spec("diffgrad:7+cos2:3")
+    assert ensembling.parse_ensemble_spec("SGD(14) + DGrad(7) + Cos#1(7)").terms == expected
+    assert ensembling.parse_ensemble_spec("sgd:14+dgrad:7+cos1:7").terms == expected
+    assert ensembling.parse_ensemble_spec("sGd( 14 )+DGRAD:7 + COS#1(7)").terms == expected
+    spec = ensembling.parse_ensemble_spec("diffgrad:7+cos2:3")
     assert spec.label == "diffGrad(7) + Cos#2(3)"
     assert spec.size == 10
 
@@ -57,20 +59,20 @@ def test_parse_spec_both_notations():
     ],
 )
 def test_parse_spec_rejects_bad_input(text, message):
-    with pytest.raises(ensemble.EnsembleSpecError, match=message.replace("(", r"\(")):
-        ensemble.parse_ensemble_spec(text)
+    with pytest.raises(ensembling.EnsembleSpecError, match=message.replace("(", r"\(")):
+        ensembling.parse_ensemble_spec(text)
 
 
 def test_group_names_are_checked_for_spelling_only():
-    assert ensemble.optimizer_group(" Cos#1 ") == "cos1"
-    assert ensemble.optimizer_group("RMSProp") == "rmsprop"  # not the paper's; the runs decide
+    assert ensembling.optimizer_group(" Cos#1 ") == "cos1"
+    assert ensembling.optimizer_group("RMSProp") == "rmsprop"  # not the paper's; the runs decide
     for bad in ("2nd", "", "sgd/../x"):
-        with pytest.raises(ensemble.EnsembleSpecError, match="is not an optimizer group name"):
-            ensemble.optimizer_group(bad)
-    spec = ensemble.parse_ensemble_spec("RMSProp(3) + Cos#2(2) + my_opt:1")
+        with pytest.raises(ensembling.EnsembleSpecError, match="is not an optimizer group name"):
+            ensembling.optimizer_group(bad)
+    spec = ensembling.parse_ensemble_spec("RMSProp(3) + Cos#2(2) + my_opt:1")
     assert spec.terms == (("rmsprop", 3), ("cos2", 2), ("my_opt", 1))
     assert spec.label == "rmsprop(3) + Cos#2(2) + my_opt(1)"  # unknown names shown as they are
-    assert ensemble.paper_order(["rmsprop", "cos1", "sgd", "adamw"]) == [
+    assert ensembling.paper_order(["rmsprop", "cos1", "sgd", "adamw"]) == [
         "sgd",
         "cos1",
         "rmsprop",
@@ -85,25 +87,25 @@ def test_specs_are_checked_against_the_groups_the_runs_hold(tmp_path):
     all_right = scores_from_correctness(np.ones((2, 6), dtype=bool), labels)
     all_wrong = scores_from_correctness(np.zeros((3, 6), dtype=bool), labels)
     run = write_run(tmp_path / "r", "hela", {"rmsprop": all_wrong, "dgrad": all_right}, labels)
-    datasets = ensemble.load_runs([run])
+    datasets = ensembling.load_runs([run])
     assert list(datasets["hela"].groups) == ["dgrad", "rmsprop"]
-    (entry,) = ensemble.table2(datasets, ["RMSProp(3)"])
+    (entry,) = ensembling.table2(datasets, ["RMSProp(3)"])
     assert entry.result.metrics.accuracy == 0.0 and entry.spec.label == "rmsprop(3)"
     with pytest.raises(
-        ensemble.EnsembleSpecError,
+        ensembling.EnsembleSpecError,
         match=r"has no 'adamw' scores; its groups are \['dgrad', 'rmsprop'\]",
     ):
-        ensemble.table2(datasets, ["dgrad:2 + adamw:1"])
+        ensembling.table2(datasets, ["dgrad:2 + adamw:1"])
     with pytest.raises(
-        ensemble.EnsembleSpecError,
+        ensembling.EnsembleSpecError,
         match=r"has no Cos#1 \(cos1\) scores; its groups are \['dgrad', 'rmsprop'\]",
     ):
-        ensemble.evaluate_ensemble(datasets["hela"], ensemble.parse_ensemble_spec("Cos#1(7)"))
-    rows = ensemble.table1(ensemble.member_results(datasets["hela"]))
-    markdown = ensemble.table1_markdown(rows)
+        ensembling.evaluate_ensemble(datasets["hela"], ensembling.parse_ensemble_spec("Cos#1(7)"))
+    rows = ensembling.table1(ensembling.member_results(datasets["hela"]))
+    markdown = ensembling.table1_markdown(rows)
     assert markdown.index("| DGrad |") < markdown.index("| rmsprop |")
-    assert "| rmsprop(3) + DGrad(2) |" not in ensemble.runs_markdown(datasets)
-    assert "| DGrad(2) + rmsprop(3) |" in ensemble.runs_markdown(datasets)
+    assert "| rmsprop(3) + DGrad(2) |" not in ensembling.runs_markdown(datasets)
+    assert "| DGrad(2) + rmsprop(3) |" in ensembling.runs_markdown(datasets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,16 +125,16 @@ HAND_LABELS = np.array([0, 0])
 
 
 def test_sum_rule_and_vote_disagree_on_hand_made_scores():
-    summed = ensemble.fuse(HAND_SCORES, "sum")
+    summed = ensembling.fuse(HAND_SCORES, "sum")
     np.testing.assert_allclose(summed.probabilities, [[1.7 / 3, 1.3 / 3], [2.1 / 3, 0.9 / 3]])
     np.testing.assert_array_equal(summed.predictions, [0, 0])
 
-    voted = ensemble.fuse(HAND_SCORES, "vote")
+    voted = ensembling.fuse(HAND_SCORES, "vote")
     np.testing.assert_allclose(voted.probabilities, [[1 / 3, 2 / 3], [1.0, 0.0]])
     np.testing.assert_array_equal(voted.predictions, [1, 0])
 
     # Geometric means: sample 0 (.9*.4*.4)^(1/3) : (.1*.6*.6)^(1/3) = .144^(1/3) : .036^(1/3).
-    geometric = ensemble.fuse(HAND_SCORES, "mean_log")
+    geometric = ensembling.fuse(HAND_SCORES, "mean_log")
     p0 = 1 / (1 + 0.25 ** (1 / 3))
     p1 = 1 / (1 + (0.2 * 0.3 * 0.4 / (0.8 * 0.7 * 0.6)) ** (1 / 3))
     np.testing.assert_allclose(geometric.probabilities, [[p0, 1 - p0], [p1, 1 - p1]])
@@ -143,7 +145,9 @@ def test_fused_probabilities_are_summed_not_accuracies_averaged():
     # Member accuracies are 1, 1/2, 1/2 (mean 2/3); the fused ensemble is right on both.
     member_accuracies = (HAND_SCORES.argmax(-1) == HAND_LABELS).mean(axis=1)
     np.testing.assert_allclose(member_accuracies, [1.0, 0.5, 0.5])
-    metrics = ensemble.classification_metrics(ensemble.fuse(HAND_SCORES).probabilities, HAND_LABELS)
+    metrics = ensembling.classification_metrics(
+        ensembling.fuse(HAND_SCORES).probabilities, HAND_LABELS
+    )
     assert metrics.accuracy == 1.0
 
 
@@ -151,7 +155,7 @@ def test_vote_ties_go_to_the_larger_summed_probability():
     # Votes: class 2, class 1 -> a tie between 1 and 2; sums: c1 = .1+.5 = .6, c2 = .45+.3.
     scores = np.array([[[0.45, 0.1, 0.45 + 1e-3]], [[0.2, 0.5, 0.3]]])
     scores /= scores.sum(-1, keepdims=True)
-    fused = ensemble.fuse(scores, "vote")
+    fused = ensembling.fuse(scores, "vote")
     np.testing.assert_allclose(fused.probabilities, [[0.0, 0.5, 0.5]])
     np.testing.assert_array_equal(fused.predictions, [2])
 
@@ -160,13 +164,13 @@ def test_fuse_leaves_out_invalid_members():
     scores = HAND_SCORES.copy()
     scores[0, 0] = np.nan  # left out below, must not poison the others
     valid = np.array([[False, True], [True, True], [True, True]])
-    fused = ensemble.fuse(scores, "sum", valid)
+    fused = ensembling.fuse(scores, "sum", valid)
     np.testing.assert_allclose(fused.probabilities, [[0.4, 0.6], [2.1 / 3, 0.9 / 3]])
     np.testing.assert_array_equal(fused.predictions, [1, 0])
     with pytest.raises(ValueError, match=r"samples \[1\] have no member"):
-        ensemble.fuse(scores, "sum", np.array([[True, False]] * 3))
+        ensembling.fuse(scores, "sum", np.array([[True, False]] * 3))
     with pytest.raises(ValueError, match="unknown fusion rule 'max'"):
-        ensemble.fuse(scores, "max")
+        ensembling.fuse(scores, "max")
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -176,28 +180,28 @@ def test_sum_rule_accuracy_against_a_numpy_reference(seed):
     scores = rng.dirichlet(np.ones(4), size=(5, 40))
     labels = rng.integers(0, 4, size=40)
     expected = (scores.sum(0).argmax(-1) == labels).mean()
-    assert ensemble.sum_rule_accuracy(scores, labels) == expected
+    assert ensembling.sum_rule_accuracy(scores, labels) == expected
     # Members left out per sample: sum over the valid ones only.
     valid = rng.random((5, 40)) < 0.6
     valid[0] = True
     masked = np.where(valid[..., None], scores, 0.0)
-    assert ensemble.sum_rule_accuracy(scores, labels, valid=valid) == (
+    assert ensembling.sum_rule_accuracy(scores, labels, valid=valid) == (
         (masked.sum(0).argmax(-1) == labels).mean()
     )
 
 
 def test_sum_rule_accuracy_by_hand_and_without_members():
     # HAND_SCORES: sum rule right on both samples; the vote wrong on sample 0.
-    assert ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS) == 1.0
-    assert math.isnan(ensemble.sum_rule_accuracy(np.zeros((0, 2, 2)), HAND_LABELS))
+    assert ensembling.sum_rule_accuracy(HAND_SCORES, HAND_LABELS) == 1.0
+    assert math.isnan(ensembling.sum_rule_accuracy(np.zeros((0, 2, 2)), HAND_LABELS))
     no_member_for_sample_1 = np.array([[True, False]] * 3)
     assert math.isnan(
-        ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=no_member_for_sample_1)
+        ensembling.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=no_member_for_sample_1)
     )
     with pytest.raises(ValueError, match=r"labels \[n_samples\]; got \(3, 2, 2\) and \(3,\)"):
-        ensemble.sum_rule_accuracy(HAND_SCORES, np.array([0, 0, 0]))
+        ensembling.sum_rule_accuracy(HAND_SCORES, np.array([0, 0, 0]))
     with pytest.raises(ValueError, match=r"valid has shape \(2, 2\); expected \(3, 2\)"):
-        ensemble.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=np.ones((2, 2), bool))
+        ensembling.sum_rule_accuracy(HAND_SCORES, HAND_LABELS, valid=np.ones((2, 2), bool))
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +213,7 @@ def test_metrics_equal_sklearn_and_numpy_on_random_scores(n_classes):
     rng = np.random.default_rng(n_classes)
     probabilities = rng.dirichlet(np.ones(n_classes), size=300)
     labels = rng.integers(0, n_classes, size=300)
-    metrics = ensemble.classification_metrics(probabilities, labels)
+    metrics = ensembling.classification_metrics(probabilities, labels)
     predictions = probabilities.argmax(-1)
     assert metrics.accuracy == pytest.approx(sk_metrics.accuracy_score(labels, predictions))
     assert metrics.macro_f1 == pytest.approx(
@@ -228,10 +232,10 @@ def test_ece_and_brier_on_a_hand_computed_case():
     # Bins of width 1/15: (14/15, 1] holds samples 0, 1 (conf .95, acc 1/2);
     # (7/15, 8/15] sample 2 (tie -> class 0, right, conf .5); (8/15, 9/15] sample 3 (.6, right).
     # ECE = 2/4 * .45 + 1/4 * .5 + 1/4 * .4 = .45.
-    assert ensemble.expected_calibration_error(probabilities, labels) == pytest.approx(0.45)
+    assert ensembling.expected_calibration_error(probabilities, labels) == pytest.approx(0.45)
     # Brier: (.05^2 + .05^2) + (.95^2 + .95^2) + (.5^2 + .5^2) + (.4^2 + .4^2), over 4.
-    assert ensemble.brier_score(probabilities, labels) == pytest.approx(2.63 / 4)
-    curve = ensemble.reliability_curve(probabilities, labels)
+    assert ensembling.brier_score(probabilities, labels) == pytest.approx(2.63 / 4)
+    curve = ensembling.reliability_curve(probabilities, labels)
     np.testing.assert_array_equal(np.flatnonzero(curve.count), [7, 8, 14])
     np.testing.assert_allclose(curve.accuracy[[7, 8, 14]], [1.0, 1.0, 0.5])
 
@@ -239,30 +243,32 @@ def test_ece_and_brier_on_a_hand_computed_case():
 def test_reliability_bins_are_right_closed():
     # A confidence of exactly 3/15 belongs to bin 2, (2/15, 3/15]; 0 goes to bin 0.
     probabilities = np.array([[0.2, 0.2, 0.2, 0.2, 0.2], [1.0, 0.0, 0.0, 0.0, 0.0]])
-    curve = ensemble.reliability_curve(probabilities, np.array([0, 0]))
+    curve = ensembling.reliability_curve(probabilities, np.array([0, 0]))
     assert curve.count[2] == 1 and curve.count[14] == 1 and curve.count.sum() == 2
 
 
 def test_pairwise_disagreement_by_hand():
     predictions = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
     # Pairs (0,1) 1/4, (0,2) 2/4, (1,2) 1/4.
-    assert ensemble.pairwise_disagreement(predictions) == pytest.approx(1 / 3)
+    assert ensembling.pairwise_disagreement(predictions) == pytest.approx(1 / 3)
     valid = np.ones_like(predictions, dtype=bool)
     valid[2, 0] = False
     # Over samples both hold: (0,1) 1/4, (0,2) 1/3 (samples 1..3), (1,2) 0.
-    assert ensemble.pairwise_disagreement(predictions, valid) == pytest.approx((1 / 4 + 1 / 3) / 3)
-    assert math.isnan(ensemble.pairwise_disagreement(predictions[:1]))
+    assert ensembling.pairwise_disagreement(predictions, valid) == pytest.approx(
+        (1 / 4 + 1 / 3) / 3
+    )
+    assert math.isnan(ensembling.pairwise_disagreement(predictions[:1]))
 
 
 def test_accuracy_mean_and_std_by_hand():
     # 0.5, 0.75, 1.0: mean .75; squared deviations .0625 + 0 + .0625 over n - 1 = 2.
-    assert ensemble.accuracy_mean_and_std([0.5, 0.75, 1.0]) == (0.75, 0.25)
-    assert ensemble.accuracy_mean_and_std(np.array([0.2, 0.4])) == pytest.approx(
+    assert ensembling.accuracy_mean_and_std([0.5, 0.75, 1.0]) == (0.75, 0.25)
+    assert ensembling.accuracy_mean_and_std(np.array([0.2, 0.4])) == pytest.approx(
         (0.3, math.sqrt(0.02))
     )
-    mean, std = ensemble.accuracy_mean_and_std([0.9])
+    mean, std = ensembling.accuracy_mean_and_std([0.9])
     assert mean == 0.9 and math.isnan(std)  # one member: no spread to estimate, not 0
-    assert all(math.isnan(v) for v in ensemble.accuracy_mean_and_std([]))
+    assert all(math.isnan(v) for v in ensembling.accuracy_mean_and_std([]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,9 +276,9 @@ def test_accuracy_mean_and_std_by_hand():
 
 
 def test_table1_matches_the_built_in_accuracies(hela_run):
-    datasets = ensemble.load_runs([hela_run])
+    datasets = ensembling.load_runs([hela_run])
     rows = {
-        row.optimizer: row for row in ensemble.table1(ensemble.member_results(datasets["hela"]))
+        row.optimizer: row for row in ensembling.table1(ensembling.member_results(datasets["hela"]))
     }
     expected = {
         "sgd": [9 / 12] * 2 + [6 / 12] * 5 + [3 / 12] * 7,
@@ -289,10 +295,10 @@ def test_table1_matches_the_built_in_accuracies(hela_run):
 
 
 def test_table2_matches_the_built_in_accuracies(hela_run):
-    datasets = ensemble.load_runs([hela_run])
-    entries = {entry.spec.label: entry for entry in ensemble.table2(datasets)}
+    datasets = ensembling.load_runs([hela_run])
+    entries = {entry.spec.label: entry for entry in ensembling.table2(datasets)}
     assert list(entries) == [
-        ensemble.parse_ensemble_spec(s).label for s in ensemble.PAPER_TABLE2_ENSEMBLES
+        ensembling.parse_ensemble_spec(s).label for s in ensembling.PAPER_TABLE2_ENSEMBLES
     ]
     expected = {
         "DGrad(7)": 6 / 12,
@@ -315,12 +321,12 @@ def test_table2_matches_the_built_in_accuracies(hela_run):
 
 
 def test_explicit_ensembles_must_be_servable(hela_run):
-    datasets = ensemble.load_runs([hela_run])
-    with pytest.raises(ensemble.EnsembleSpecError, match=r"asks for 14 DGrad members.*trained 7"):
-        ensemble.table2(datasets, ["DGrad(14)"])
-    with pytest.raises(ensemble.EnsembleSpecError, match=r"no Cos#2 \(cos2\) scores"):
-        ensemble.table2(datasets, ["sgd:7+cos2:7"])
-    (entry,) = ensemble.table2(datasets, ["sgd:7 + dgrad:7"], rule="vote")
+    datasets = ensembling.load_runs([hela_run])
+    with pytest.raises(ensembling.EnsembleSpecError, match=r"asks for 14 DGrad members.*trained 7"):
+        ensembling.table2(datasets, ["DGrad(14)"])
+    with pytest.raises(ensembling.EnsembleSpecError, match=r"no Cos#2 \(cos2\) scores"):
+        ensembling.table2(datasets, ["sgd:7+cos2:7"])
+    (entry,) = ensembling.table2(datasets, ["sgd:7 + dgrad:7"], rule="vote")
     # Vote (right where W < R): b0 R=7 W=7 tie -> summed probability decides (right);
     # b1 and b2 right; b3 R=1 W=13 wrong.
     assert entry.result.metrics.accuracy == pytest.approx(9 / 12)
@@ -328,10 +334,10 @@ def test_explicit_ensembles_must_be_servable(hela_run):
 
 
 def test_accuracy_by_ensemble_size(hela_run):
-    data = ensemble.load_runs([hela_run])["hela"]
+    data = ensembling.load_runs([hela_run])["hela"]
     # First k SGD members: b2 stays right while W = k - 2 < 3 * 2, i.e. k <= 7.
     np.testing.assert_allclose(
-        ensemble.accuracy_by_ensemble_size(data, "sgd"), [9 / 12] * 7 + [6 / 12] * 7
+        ensembling.accuracy_by_ensemble_size(data, "sgd"), [9 / 12] * 7 + [6 / 12] * 7
     )
 
 
@@ -343,20 +349,20 @@ def test_runs_of_one_data_set_are_merged_and_data_sets_become_columns(tmp_path):
     )
     all_right = scores_from_correctness(np.ones((7, 6), dtype=bool), LABELS[:6])
     bg_run = write_run(tmp_path / "bg", "bg", {"sgd": all_right}, LABELS[:6], n_folds=3)
-    datasets = ensemble.load_runs([sgd_run, bg_run, other_run])
+    datasets = ensembling.load_runs([sgd_run, bg_run, other_run])
     assert list(datasets) == ["hela", "bg"]
     assert list(datasets["hela"].groups) == ["sgd", "dgrad", "cos1"]
     assert datasets["hela"].run_dirs == (sgd_run, other_run)
-    (hela, bg) = ensemble.table2(datasets, ["SGD(7)"])
+    (hela, bg) = ensembling.table2(datasets, ["SGD(7)"])
     assert (hela.dataset, bg.dataset) == ("hela", "bg")
     assert hela.result.metrics.accuracy == pytest.approx(9 / 12)
     assert bg.result.metrics.accuracy == 1.0
-    (merged,) = ensemble.table2({"hela": datasets["hela"]}, ["SGD(14) + DGrad(7) + Cos#1(7)"])
+    (merged,) = ensembling.table2({"hela": datasets["hela"]}, ["SGD(14) + DGrad(7) + Cos#1(7)"])
     assert merged.result.metrics.accuracy == 1.0
 
     duplicate = write_run(tmp_path / "c", "hela", {"dgrad": groups["dgrad"]}, LABELS)
-    with pytest.raises(ensemble.ScoreFileError, match=r"'dgrad'.*two runs.*/b and .*/c"):
-        ensemble.load_runs([sgd_run, other_run, duplicate])
+    with pytest.raises(ensembling.ScoreFileError, match=r"'dgrad'.*two runs.*/b and .*/c"):
+        ensembling.load_runs([sgd_run, other_run, duplicate])
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,11 +390,11 @@ def diverged_run(tmp_path):
 
 
 def test_diverged_members_are_left_out_in_their_folds(diverged_run):
-    data = ensemble.load_runs([diverged_run])["hela"]
-    result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("DGrad(3)"))
+    data = ensembling.load_runs([diverged_run])["hela"]
+    result = ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec("DGrad(3)"))
     assert result.left_out == (
-        ensemble.LeftOutMember("dgrad", 1, 1),
-        ensemble.LeftOutMember("dgrad", 2, 0),
+        ensembling.LeftOutMember("dgrad", 1, 1),
+        ensembling.LeftOutMember("dgrad", 2, 0),
     )
     # Fold 0: members 0 and 1; fold 1: members 0 and 2.
     np.testing.assert_allclose(
@@ -398,30 +404,32 @@ def test_diverged_members_are_left_out_in_their_folds(diverged_run):
     # Pairs (0,1) on fold 0 and (0,2) on fold 1 disagree on nothing and on all: (0 + 1) / 2;
     # (1,2) share no fold and are skipped.
     assert result.diversity == pytest.approx(0.5)
-    markdown = ensemble.ensemble_metrics_markdown(ensemble.table2({"hela": data}, ["dgrad:3"]))
+    markdown = ensembling.ensemble_metrics_markdown(ensembling.table2({"hela": data}, ["dgrad:3"]))
     assert "dgrad[1]@fold1, dgrad[2]@fold0" in markdown
-    assert "| DGrad(3) | dgrad[1]@fold1, dgrad[2]@fold0 |" in ensemble.runs_markdown({"hela": data})
+    assert "| DGrad(3) | dgrad[1]@fold1, dgrad[2]@fold0 |" in ensembling.runs_markdown(
+        {"hela": data}
+    )
 
 
 def test_table1_reports_diverged_members_apart(diverged_run):
-    data = ensemble.load_runs([diverged_run])["hela"]
-    members = ensemble.member_results(data)
+    data = ensembling.load_runs([diverged_run])["hela"]
+    members = ensembling.member_results(data)
     assert [m.diverged_folds for m in members] == [(), (1,), (0,)]
     assert members[1].metrics is None and members[2].metrics is None
-    (row,) = ensemble.table1(members)
+    (row,) = ensembling.table1(members)
     assert row.diverged_members == (1, 2)
     assert row.accuracy_mean == 1.0  # member 0 alone: right on all six samples
     assert math.isnan(row.accuracy_std)
-    assert "2/3 diverged: members 1, 2" in ensemble.table1_markdown([row])
+    assert "2/3 diverged: members 1, 2" in ensembling.table1_markdown([row])
 
 
 def test_all_members_diverged_in_a_fold_is_an_error(tmp_path):
     scores = np.full((2, 4, 3), 1 / 3)
     diverged = {"cos2": np.array([[True, False], [True, False]])}
     run = write_run(tmp_path / "r", "bg", {"cos2": scores}, np.zeros(4, int), diverged=diverged)
-    data = ensemble.load_runs([run])["bg"]
-    with pytest.raises(ensemble.EnsembleSpecError, match="every member diverged in fold 0"):
-        ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("Cos#2(2)"))
+    data = ensembling.load_runs([run])["bg"]
+    with pytest.raises(ensembling.EnsembleSpecError, match="every member diverged in fold 0"):
+        ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec("Cos#2(2)"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +437,7 @@ def test_all_members_diverged_in_a_fold_is_an_error(tmp_path):
 
 
 def test_cyclic_factors_follow_the_paper():
-    steps, c, a = ensemble.cyclic_factors(n_steps=60, period=30)
+    steps, c, a = optimizer_figures.cyclic_factors(n_steps=60, period=30)
     t = np.arange(1, 61)
     r = np.abs(np.cos(np.pi * t / 30)) * np.exp(-0.01 * (np.mod(t, 30) + 1))
     np.testing.assert_array_equal(steps, t)
@@ -503,7 +511,7 @@ def test_default_table2_shows_the_rows_the_run_serves(hela_run, tmp_path, capsys
     with (out / "table2.csv").open() as file:
         table2 = {row["ensemble"]: row for row in __import__("csv").DictReader(file)}
     assert list(table2) == [
-        ensemble.parse_ensemble_spec(s).label for s in ensemble.PAPER_TABLE2_ENSEMBLES
+        ensembling.parse_ensemble_spec(s).label for s in ensembling.PAPER_TABLE2_ENSEMBLES
     ]
     for label in HELA_UNSERVED.split(", "):
         assert table2[label]["accuracy"] == "" and table2[label]["unavailable"], label
@@ -513,8 +521,8 @@ def test_default_table2_shows_the_rows_the_run_serves(hela_run, tmp_path, capsys
 
 def test_table2_cell_that_one_data_set_lacks_keeps_its_reason(hela_run, tmp_path):
     bg_run = write_run(tmp_path / "bg", "bg", {"sgd": hela_groups()["sgd"][:7]}, LABELS)
-    entries = ensemble.table2(ensemble.load_runs([hela_run, bg_run]))
-    markdown = ensemble.table2_markdown(entries)
+    entries = ensembling.table2(ensembling.load_runs([hela_run, bg_run]))
+    markdown = ensembling.table2_markdown(entries)
     assert "| SGD(7) | 75.00 | 75.00 |" in markdown
     assert "| SGD(14) | 50.00 | n/a |" in markdown
     assert "- n/a (bg): SGD(14): asks for 14 SGD members" in markdown
@@ -550,19 +558,19 @@ def first_member_diverged_run(tmp_path):
 
 
 def test_diverged_first_member_skips_unfusable_sizes(first_member_diverged_run):
-    data = ensemble.load_run(first_member_diverged_run)
-    accuracies = ensemble.accuracy_by_ensemble_size(data, "dgrad")
+    data = ensembling.load_run(first_member_diverged_run)
+    accuracies = ensembling.accuracy_by_ensemble_size(data, "dgrad")
     np.testing.assert_allclose(accuracies, [np.nan, 3 / 6, 4 / 6])
-    assert np.isnan(ensemble.accuracy_by_ensemble_size(data, "cos2")).all()
-    np.testing.assert_array_equal(ensemble.accuracy_by_ensemble_size(data, "sgd"), [1.0, 1.0])
-    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("dgrad:1")) == 1
-    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("dgrad:2")) is None
-    assert ensemble.unfusable_fold(data, ensemble.parse_ensemble_spec("cos2:1+dgrad:1")) is None
-    assert ensemble.size_curve_label("dgrad", accuracies) == (
+    assert np.isnan(ensembling.accuracy_by_ensemble_size(data, "cos2")).all()
+    np.testing.assert_array_equal(ensembling.accuracy_by_ensemble_size(data, "sgd"), [1.0, 1.0])
+    assert ensembling.unfusable_fold(data, ensembling.parse_ensemble_spec("dgrad:1")) == 1
+    assert ensembling.unfusable_fold(data, ensembling.parse_ensemble_spec("dgrad:2")) is None
+    assert ensembling.unfusable_fold(data, ensembling.parse_ensemble_spec("cos2:1+dgrad:1")) is None
+    assert ensembling.size_curve_label("dgrad", accuracies) == (
         "DGrad (k=1 skipped: all diverged in a fold)"
     )
-    assert ensemble.size_curve_label("sgd", np.ones(2)) == "SGD"
-    assert ensemble.size_curve_label("x", np.array([np.nan, np.nan, 1.0])) == (
+    assert ensembling.size_curve_label("sgd", np.ones(2)) == "SGD"
+    assert ensembling.size_curve_label("x", np.array([np.nan, np.nan, 1.0])) == (
         "x (k=1..2 skipped: all diverged in a fold)"
     )
 
@@ -650,7 +658,7 @@ def test_default_table2_adds_the_trained_groups(tmp_path):
     rng = np.random.default_rng(0)
     groups = {name: rng.dirichlet(np.ones(3), size=(3, len(labels))) for name in ("adam", "dgrad")}
     run = write_run(tmp_path / "run", "digits", groups, labels)
-    entries = {entry.spec.label: entry for entry in ensemble.table2(ensemble.load_runs([run]))}
+    entries = {entry.spec.label: entry for entry in ensembling.table2(ensembling.load_runs([run]))}
     expected_members = {
         "Adam(3)": groups["adam"],
         "DGrad(3)": groups["dgrad"],
@@ -662,12 +670,14 @@ def test_default_table2_adds_the_trained_groups(tmp_path):
     assert entries["Adam(7)"].result is None  # the paper's rows come first, n/a here
 
 
-@pytest.mark.parametrize("name", ["fusion", "specs", "tables"])
+@pytest.mark.parametrize(
+    "name", ["ensembling", "ensembling.fusion", "ensembling.specs", "ensembling.tables"]
+)
 def test_docstring_examples(name):
     import doctest
     import importlib
 
-    module = importlib.import_module(f"ensembling.{name}")
+    module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, name
 

@@ -10,19 +10,22 @@ import numpy as np
 import pytest
 
 import ensemble
-from ensembling.bootstrap import mean_ci, paired_difference_ci, resample_indices
-from ensembling.calibration import fit_temperature
-from ensembling.heldout import (
+import ensembling
+from ensembling import (
     calibrate_ensemble,
-    fuse_weighted,
+    fit_temperature,
     greedy_ensemble,
+    greedy_select,
+    load_learning_curves,
+    mean_ci,
     member_pool,
+    paired_difference_ci,
     pool_ensemble,
+    resample_indices,
     spec_weights,
+    table_intervals,
 )
-from ensembling.intervals import table_intervals
-from ensembling.logs import load_learning_curves
-from ensembling.selection import greedy_select
+from ensembling.heldout import fuse_weighted
 
 # Two grid points of three optimizers, two seeds each, a validation split, two folds.
 VALIDATED_SWEEP = dict(
@@ -39,7 +42,7 @@ def validated(shared_runs):
 
 
 def test_greedy_selection_of_a_run_selects_each_fold_on_its_validation_rows(validated):
-    data = ensemble.load_run(validated)
+    data = ensembling.load_run(validated)
     pool = member_pool(data)
     assert len(pool.members) == 12
     chosen = greedy_ensemble(data, "nll")
@@ -60,36 +63,38 @@ def test_greedy_selection_of_a_run_selects_each_fold_on_its_validation_rows(vali
 
 
 def test_a_fold_where_every_member_diverged_is_named(validated):
-    data = ensemble.load_run(validated)
+    data = ensembling.load_run(validated)
     broken = {
         name: group._replace(diverged=group.diverged | (np.arange(2) == 1))
         for name, group in data.groups.items()
     }
-    with pytest.raises(ensemble.EnsembleSpecError, match="every member diverged in fold 1"):
+    with pytest.raises(ensembling.EnsembleSpecError, match="every member diverged in fold 1"):
         greedy_ensemble(data._replace(groups=broken))
 
 
 def test_merged_runs_with_other_validation_rows_are_named(validated):
-    data = ensemble.load_run(validated)
+    data = ensembling.load_run(validated)
     sgd = {k: v for k, v in data.groups.items() if k.startswith("sgd")}
     others = {k: v for k, v in data.groups.items() if not k.startswith("sgd")}
     first = data._replace(groups=sgd)
     second = data._replace(
         groups=others, validation_labels=tuple(labels[::-1] for labels in data.validation_labels)
     )
-    merged = ensemble.merge_runs(first, second)
-    with pytest.raises(ensemble.EnsembleSpecError, match="held out different validation rows"):
+    merged = ensembling.merge_runs(first, second)
+    with pytest.raises(ensembling.EnsembleSpecError, match="held out different validation rows"):
         member_pool(merged)
-    assert len(member_pool(ensemble.merge_runs(first, data._replace(groups=others))).members) == 12
+    assert (
+        len(member_pool(ensembling.merge_runs(first, data._replace(groups=others))).members) == 12
+    )
 
 
 def test_no_test_fold_leakage(validated):
     """Selection and temperatures read validation rows only: other test labels, same choice."""
-    data = ensemble.load_run(validated)
+    data = ensembling.load_run(validated)
     rng = np.random.default_rng(0)
     perturbed = data._replace(labels=rng.permutation(data.labels))
     pool = member_pool(data)
-    spec = ensemble.parse_ensemble_spec("dgrad[learning_rate=0.003](2)")
+    spec = ensembling.parse_ensemble_spec("dgrad[learning_rate=0.003](2)")
     for objective in ("nll", "accuracy", "brier"):
         a, b = greedy_ensemble(data, objective), greedy_ensemble(perturbed, objective)
         np.testing.assert_array_equal(a.weights, b.weights)
@@ -109,9 +114,9 @@ def test_no_test_fold_leakage(validated):
 
 
 def test_table_intervals_and_the_default_baseline(validated):
-    data = ensemble.load_run(validated)
+    data = ensembling.load_run(validated)
     datasets = {data.dataset: data}
-    entries = ensemble.table2(datasets)
+    entries = ensembling.table2(datasets)
     intervals = table_intervals(datasets, entries, n_resamples=300)
     served = [e for e in entries if e.result is not None]
     best = max(served, key=lambda e: e.result.metrics.accuracy)
@@ -139,8 +144,10 @@ def test_the_cli_writes_selection_calibration_and_intervals(validated, tmp_path,
     assert [row["ensemble"] for row in rows] == ["greedy (nll)", "whole pool"]
     assert all(row["baseline"] == "Adam[learning_rate=0.003](2)" for row in rows)
     for row in rows:
-        assert float(row["accuracy_ci_low"]) <= float(row["accuracy"]) <= float(
-            row["accuracy_ci_high"]
+        assert (
+            float(row["accuracy_ci_low"])
+            <= float(row["accuracy"])
+            <= float(row["accuracy_ci_high"])
         )
     with (out / "calibration.csv").open() as file:
         calibration = list(csv.DictReader(file))

@@ -1,6 +1,6 @@
 """The score-file format and run directories: writing, reading, and every bad input.
 
-``ensemble.write_score_file`` is the format's one writer (the trainer's too); it checks by the
+``ensembling.write_score_file`` is the format's one writer (the trainer's too); it checks by the
 rules ``read_score_file`` applies. Damaged files are made here by rewriting a written file's
 arrays or bytes (``damage``), which the writer would refuse to produce.
 """
@@ -23,7 +23,7 @@ from ensemble_testing import (
     write_run,
 )
 
-import ensemble
+import ensembling
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {
@@ -62,14 +62,14 @@ def damage(path, drop=(), **changes):
 
 def test_written_file_reads_back_in_the_pinned_dtypes(tmp_path):
     scores = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 3))  # float64
-    path = ensemble.write_score_file(
+    path = ensembling.write_score_file(
         tmp_path / "fold2" / "dgrad.npz",
         **{**VALID, "scores": scores, "labels": np.array([0, 2, 1], np.int32)},
     )
     assert path == tmp_path / "fold2" / "dgrad.npz"
     with np.load(path) as archive:
         stored = dict(archive)
-    assert sorted(stored) == sorted(ensemble.SCORE_FILE_KEYS)
+    assert sorted(stored) == sorted(ensembling.SCORE_FILE_KEYS)
     expected_dtypes = {
         "scores": np.float32,
         "labels": np.int64,
@@ -83,7 +83,7 @@ def test_written_file_reads_back_in_the_pinned_dtypes(tmp_path):
     for key in ("class_names", "optimizer", "dataset"):
         assert stored[key].dtype.kind == "U", key
     np.testing.assert_array_equal(stored["scores"], scores.astype(np.float32))
-    read = ensemble.read_score_file(path)
+    read = ensembling.read_score_file(path)
     np.testing.assert_array_equal(read.labels, [0, 2, 1])
     np.testing.assert_array_equal(read.test_indices, [5, 3, 4])
     np.testing.assert_array_equal(read.member_seeds, [11, 12])
@@ -99,7 +99,7 @@ def test_written_file_reads_back_in_the_pinned_dtypes(tmp_path):
 INTERRUPTED_WRITE = """
 import resource, signal, sys
 import numpy as np
-from ensembling.score_files import write_score_file
+from ensembling import write_score_file
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
 resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
 write_score_file(sys.argv[1], scores=np.full((2, 3, 3), 1 / 3), labels=[0, 1, 2],
@@ -109,7 +109,7 @@ write_score_file(sys.argv[1], scores=np.full((2, 3, 3), 1 / 3), labels=[0, 1, 2]
 
 
 def test_write_is_atomic_and_cleans_up_when_interrupted(tmp_path):
-    path = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID)
+    path = ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID)
     before = path.read_bytes()
     assert len(before) > 100  # the limit falls inside the new file, not after it
     failed = subprocess.run([sys.executable, "-c", INTERRUPTED_WRITE, str(path)], cwd=ROOT,
@@ -122,14 +122,14 @@ def test_write_is_atomic_and_cleans_up_when_interrupted(tmp_path):
 def test_written_file_has_the_permissions_of_an_ordinary_file(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
-    path = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID)
+    path = ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_leftover_temporary_file_is_not_a_score_file(hela_run):
     # What a kill between creating and renaming the temporary file leaves behind.
     (hela_run / "scores" / "fold0" / ".sgd.npz.1a2b3c4d.partial.npz").write_bytes(b"cut")
-    assert list(ensemble.load_run(hela_run).groups) == ["sgd", "dgrad", "cos1"]
+    assert list(ensembling.load_run(hela_run).groups) == ["sgd", "dgrad", "cos1"]
 
 
 BAD_CONTENTS = [
@@ -157,32 +157,32 @@ BAD_CONTENTS = [
 @pytest.mark.parametrize(("change", "message"), BAD_CONTENTS)
 def test_writer_refuses_what_the_reader_refuses(tmp_path, change, message):
     name = f"{change.get('optimizer', 'dgrad')}.npz"
-    with pytest.raises(ensemble.ScoreFileError, match=re.escape(name) + f": {message}"):
-        ensemble.write_score_file(tmp_path / name, **{**VALID, **change})
+    with pytest.raises(ensembling.ScoreFileError, match=re.escape(name) + f": {message}"):
+        ensembling.write_score_file(tmp_path / name, **{**VALID, **change})
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_CONTENTS)
 def test_reader_refuses_bad_contents(tmp_path, change, message):
-    path = damage(ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID), **change)
-    with pytest.raises(ensemble.ScoreFileError, match=f"dgrad.npz: {message}"):
-        ensemble.read_score_file(path)
+    path = damage(ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID), **change)
+    with pytest.raises(ensembling.ScoreFileError, match=f"dgrad.npz: {message}"):
+        ensembling.read_score_file(path)
 
 
 def test_writer_names_the_file_after_the_group(tmp_path):
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"sgd.npz: a score file of group 'dgrad' must be named"
+        ensembling.ScoreFileError, match=r"sgd.npz: a score file of group 'dgrad' must be named"
     ):
-        ensemble.write_score_file(tmp_path / "sgd.npz", **VALID)
+        ensembling.write_score_file(tmp_path / "sgd.npz", **VALID)
 
 
 def test_diverged_member_may_have_nan_scores(tmp_path):
     scores = np.full((2, 3, 3), 1 / 3)
     scores[1] = np.nan
-    path = ensemble.write_score_file(
+    path = ensembling.write_score_file(
         tmp_path / "dgrad.npz", **{**VALID, "scores": scores, "diverged": [False, True]}
     )
-    read = ensemble.read_score_file(path)
+    read = ensembling.read_score_file(path)
     assert np.isnan(read.scores[1]).all() and read.diverged.tolist() == [False, True]
 
 
@@ -191,16 +191,16 @@ def test_diverged_member_may_have_nan_scores(tmp_path):
 
 
 def test_missing_keys(tmp_path):
-    path = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID)
+    path = ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID)
     damage(path, drop=("diverged", "class_names"))
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"dgrad.npz: missing keys \['class_names', 'diverged'\]"
+        ensembling.ScoreFileError, match=r"dgrad.npz: missing keys \['class_names', 'diverged'\]"
     ):
-        ensemble.read_score_file(path)
+        ensembling.read_score_file(path)
 
 
 def test_every_truncation_and_corruption_is_a_score_file_error(tmp_path):
-    whole = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID).read_bytes()
+    whole = ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID).read_bytes()
     path = tmp_path / "damaged" / "dgrad.npz"
     path.parent.mkdir()
     damaged = [whole[:length] for length in range(0, len(whole), 7)]
@@ -214,8 +214,8 @@ def test_every_truncation_and_corruption_is_a_score_file_error(tmp_path):
     for content in damaged:
         path.write_bytes(content)
         try:
-            read = ensemble.read_score_file(path)
-        except ensemble.ScoreFileError as error:
+            read = ensembling.read_score_file(path)
+        except ensembling.ScoreFileError as error:
             assert str(error).startswith(f"{path}: "), error
             refused += 1
         else:  # a flip that left a valid file (in a timestamp, say) must read as written
@@ -227,33 +227,35 @@ def test_malformed_and_truncated_score_files(hela_run):
     path = hela_run / "scores" / "fold0" / "sgd.npz"
     content = path.read_bytes()
     path.write_bytes(content[: len(content) // 2])
-    with pytest.raises(ensemble.ScoreFileError, match=r"fold0/sgd.npz: .*(malformed or truncated)"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(
+        ensembling.ScoreFileError, match=r"fold0/sgd.npz: .*(malformed or truncated)"
+    ):
+        ensembling.load_run(hela_run)
     path.write_bytes(b"")
-    with pytest.raises(ensemble.ScoreFileError, match=r"fold0/sgd.npz: not a readable .npz"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match=r"fold0/sgd.npz: not a readable .npz"):
+        ensembling.load_run(hela_run)
     path.write_bytes(b"these are not scores")
-    with pytest.raises(ensemble.ScoreFileError, match=r"fold0/sgd.npz: not a readable .npz"):
-        ensemble.read_score_file(path)
+    with pytest.raises(ensembling.ScoreFileError, match=r"fold0/sgd.npz: not a readable .npz"):
+        ensembling.read_score_file(path)
     np.save(path.with_suffix(".npy"), np.zeros(3))
     path.with_suffix(".npy").rename(path)
-    with pytest.raises(ensemble.ScoreFileError, match="not an .npz archive"):
-        ensemble.read_score_file(path)
+    with pytest.raises(ensembling.ScoreFileError, match="not an .npz archive"):
+        ensembling.read_score_file(path)
     # A member whose CRC no longer matches: the archive opens, an array cannot be read.
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("scores.npy", b"\x93NUMPY broken header")
-    with pytest.raises(ensemble.ScoreFileError, match=r"sgd.npz: missing keys"):
-        ensemble.read_score_file(path)
-    ensemble.write_score_file(path, **{**VALID, "optimizer": "sgd"})
+    with pytest.raises(ensembling.ScoreFileError, match=r"sgd.npz: missing keys"):
+        ensembling.read_score_file(path)
+    ensembling.write_score_file(path, **{**VALID, "optimizer": "sgd"})
     with np.load(path) as archive:
         arrays = dict(archive)
     with zipfile.ZipFile(path, "w") as archive:
         for key in arrays:
             archive.writestr(f"{key}.npy", b"\x93NUMPY broken" if key == "labels" else b"")
-    with pytest.raises(ensemble.ScoreFileError, match=r"sgd.npz: cannot read its arrays"):
-        ensemble.read_score_file(path)
-    with pytest.raises(ensemble.ScoreFileError, match=r"missing.npz: file not found"):
-        ensemble.read_score_file(path.with_name("missing.npz"))
+    with pytest.raises(ensembling.ScoreFileError, match=r"sgd.npz: cannot read its arrays"):
+        ensembling.read_score_file(path)
+    with pytest.raises(ensembling.ScoreFileError, match=r"missing.npz: file not found"):
+        ensembling.read_score_file(path.with_name("missing.npz"))
 
 
 @pytest.mark.parametrize(
@@ -275,18 +277,18 @@ def test_malformed_and_truncated_score_files(hela_run):
 )
 def test_bad_config_json_is_named(hela_run, content, message):
     (hela_run / "config.json").write_text(content)
-    with pytest.raises(ensemble.ScoreFileError, match=re.escape(f"{hela_run}/{message}")):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match=re.escape(f"{hela_run}/{message}")):
+        ensembling.load_run(hela_run)
 
 
 def test_missing_or_unreadable_config_json(hela_run):
     config = hela_run / "config.json"
     config.write_bytes(b"\xff\xfe{")
-    with pytest.raises(ensemble.ScoreFileError, match=r"config.json: cannot be read"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match=r"config.json: cannot be read"):
+        ensembling.load_run(hela_run)
     config.unlink()
-    with pytest.raises(ensemble.ScoreFileError, match=r"config.json: not found; is .* a train"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match=r"config.json: not found; is .* a train"):
+        ensembling.load_run(hela_run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,9 +306,9 @@ def test_labels_disagreeing_between_groups_of_a_fold(hela_run):
     arrays["labels"] = (arrays["labels"] + 1) % 3
     np.savez(path, **arrays)
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"fold1/dgrad.npz and .*fold1/sgd.npz disagree on 'labels'"
+        ensembling.ScoreFileError, match=r"fold1/dgrad.npz and .*fold1/sgd.npz disagree on 'labels'"
     ):
-        ensemble.load_run(hela_run)
+        ensembling.load_run(hela_run)
 
 
 def test_class_names_disagreeing_across_folds(tmp_path):
@@ -323,18 +325,18 @@ def test_class_names_disagreeing_across_folds(tmp_path):
         class_names=("a", "b", "x"),
     )
     with pytest.raises(
-        ensemble.ScoreFileError,
+        ensembling.ScoreFileError,
         match=r"fold1/sgd.npz and .*fold0/sgd.npz disagree on 'class_names'",
     ):
-        ensemble.load_run(run)
+        ensembling.load_run(run)
 
 
 def test_a_sample_in_two_folds(tmp_path):
     run = write_run(tmp_path / "r", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
     scores = hela_groups()["sgd"][:, 6:]
     write_fold(_fold_file(run, 1), scores, LABELS[6:], np.arange(5, 11), "sgd", 1, "hela")
-    with pytest.raises(ensemble.ScoreFileError, match="both hold test index 5"):
-        ensemble.load_run(run)
+    with pytest.raises(ensembling.ScoreFileError, match="both hold test index 5"):
+        ensembling.load_run(run)
 
 
 def test_score_files_disagreeing_with_the_run(hela_run):
@@ -344,26 +346,26 @@ def test_score_files_disagreeing_with_the_run(hela_run):
         _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "bg"
     )
     with pytest.raises(
-        ensemble.ScoreFileError,
+        ensembling.ScoreFileError,
         match=r"fold1/dgrad.npz and .*fold1/sgd.npz name different data sets: 'bg' vs 'hela'",
     ):
-        ensemble.load_run(hela_run)
+        ensembling.load_run(hela_run)
     write_fold(
         _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 0, "hela"
     )
     with pytest.raises(
-        ensemble.ScoreFileError,
+        ensembling.ScoreFileError,
         match=r"fold1/dgrad.npz: holds optimizer='dgrad' fold=0; its place says 'dgrad', fold 1",
     ):
-        ensemble.load_run(hela_run)
+        ensembling.load_run(hela_run)
     write_fold(
         _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "hela"
     )
     config.write_text(
         json.dumps({"dataset": "hela", "seed": 0, "optimizers": {"sgd": 14, "dgrad": 8, "cos1": 7}})
     )
-    with pytest.raises(ensemble.ScoreFileError, match="dgrad.npz: 7 members; config.json says 8"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match="dgrad.npz: 7 members; config.json says 8"):
+        ensembling.load_run(hela_run)
     config.write_text(
         json.dumps(
             {
@@ -374,19 +376,19 @@ def test_score_files_disagreeing_with_the_run(hela_run):
         )
     )
     with pytest.raises(
-        ensemble.ScoreFileError, match="fold0/adam.npz: missing; config.json lists 'adam'"
+        ensembling.ScoreFileError, match="fold0/adam.npz: missing; config.json lists 'adam'"
     ):
-        ensemble.load_run(hela_run)
+        ensembling.load_run(hela_run)
     config.write_text(
         json.dumps({"dataset": "hela", "seed": 0, "optimizers": {"sgd": 14, "dgrad": 7}})
     )
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"score files \['cos1'\] for groups not in config.json"
+        ensembling.ScoreFileError, match=r"score files \['cos1'\] for groups not in config.json"
     ):
-        ensemble.load_run(hela_run)
+        ensembling.load_run(hela_run)
     config.write_text("{")
-    with pytest.raises(ensemble.ScoreFileError, match="config.json: not valid JSON"):
-        ensemble.load_run(hela_run)
+    with pytest.raises(ensembling.ScoreFileError, match="config.json: not valid JSON"):
+        ensembling.load_run(hela_run)
 
 
 def test_a_run_of_some_folds(tmp_path):
@@ -397,32 +399,32 @@ def test_a_run_of_some_folds(tmp_path):
     run = write_run(tmp_path / "r", "hela", {"dgrad": scores}, LABELS, diverged=diverged, folds=[1])
     # An unfinished write of the trainer is not a score file.
     (run / "scores" / "fold1" / "dgrad.npz.partial.npz").write_bytes(b"cut short")
-    data = ensemble.load_run(run)
+    data = ensembling.load_run(run)
     assert data.folds == (1,)
     np.testing.assert_array_equal(data.test_indices, np.arange(6, 12))
-    result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("DGrad(7)"))
-    assert result.left_out == (ensemble.LeftOutMember("dgrad", 0, 1),)
+    result = ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec("DGrad(7)"))
+    assert result.left_out == (ensembling.LeftOutMember("dgrad", 0, 1),)
     # Members 1-6 on blocks b2 (right) and b3 (wrong): 3/6.
     assert result.metrics.accuracy == pytest.approx(0.5)
-    assert ensemble.member_results(data)[0].diverged_folds == (1,)
+    assert ensembling.member_results(data)[0].diverged_folds == (1,)
 
     config = json.loads((run / "config.json").read_text())
     # A planned fold without scores (a run not finished) is named, not hidden.
     config["folds"] = [0, 1]
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.warns(ensemble.RunWarning, match=r"folds \[0\] of the planned \[0, 1\]"):
-        assert ensemble.load_run(run).missing_folds == (0,)
+    with pytest.warns(ensembling.RunWarning, match=r"folds \[0\] of the planned \[0, 1\]"):
+        assert ensembling.load_run(run).missing_folds == (0,)
     config["folds"] = [0]
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"holds folds \[1\]; config.json plans folds \[0\]"
+        ensembling.ScoreFileError, match=r"holds folds \[1\]; config.json plans folds \[0\]"
     ):
-        ensemble.load_run(run)
+        ensembling.load_run(run)
 
     config["folds"] = [1]
     (run / "config.json").write_text(json.dumps(config))
     other = write_run(tmp_path / "o", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
     with pytest.raises(
-        ensemble.ScoreFileError, match=r"trained different folds: \[0, 1\] vs \[1\]"
+        ensembling.ScoreFileError, match=r"trained different folds: \[0, 1\] vs \[1\]"
     ):
-        ensemble.load_runs([other, run])
+        ensembling.load_runs([other, run])

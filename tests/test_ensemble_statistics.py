@@ -12,17 +12,21 @@ from scipy import optimize
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from ensembling.bootstrap import (
+from ensembling import (
+    OBJECTIVES,
     Interval,
+    apply_temperature,
+    brier_score,
+    classification_metrics,
+    fit_temperature,
+    greedy_select,
     mean_ci,
     member_mean_ci,
     paired_difference_ci,
-    resample_counts,
     resample_indices,
 )
-from ensembling.calibration import apply_temperature, fit_temperature
-from ensembling.metrics import brier_score, classification_metrics
-from ensembling.selection import OBJECTIVES, greedy_select, selection_weights
+from ensembling.bootstrap import resample_counts
+from ensembling.selection import selection_weights
 
 EPS = np.finfo(np.float64).eps
 

@@ -3,7 +3,7 @@ hyperparameters, a sweep run read as one group per grid point, grid-point specs,
 Table 2 per grid point, the sweep table and plot, and runs without a sweep left exactly as
 they were.
 
-Sweep runs are written by ``ensemble.write_score_file`` with ``hyperparameters=``, as the
+Sweep runs are written by ``ensembling.write_score_file`` with ``hyperparameters=``, as the
 trainer writes them (``write_sweep_run``); expectations are recomputed with NumPy from the
 written scores or counted by hand.
 """
@@ -18,6 +18,7 @@ import pytest
 from ensemble_testing import LABELS, correctness, scores_from_correctness, write_run
 
 import ensemble
+import ensembling
 
 CLASS_NAMES = ("a", "b", "c")
 LEARNING_RATES = [3e-3, 1e-3, 3e-4]
@@ -57,7 +58,7 @@ def write_sweep_run(run_dir, groups, sweep, labels, n_folds=2, diverged=None, da
     n_points = len(list(itertools.product(*sweep.values())))
     for fold, test in enumerate(np.array_split(np.arange(len(labels)), n_folds)):
         for name, (per_point, scores) in groups.items():
-            ensemble.write_score_file(
+            ensembling.write_score_file(
                 run_dir / "scores" / f"fold{fold}" / f"{name}.npz",
                 scores=np.asarray(scores)[:, test],
                 labels=np.asarray(labels)[test],
@@ -107,7 +108,7 @@ def sum_rule(scores):
 
 def test_score_file_round_trip_with_hyperparameters(tmp_path):
     hyperparameters = {"learning_rate": [1e-3, 1e-3, 3e-4, 3e-4], "b1": [0.9, 0.9, 0.9, 0.9]}
-    path = ensemble.write_score_file(
+    path = ensembling.write_score_file(
         tmp_path / "dgrad.npz",
         scores=random_scores(0, 4, 3),
         labels=[0, 1, 2],
@@ -122,11 +123,13 @@ def test_score_file_round_trip_with_hyperparameters(tmp_path):
     )
     with np.load(path) as archive:
         assert set(archive.files) == {
-            *ensemble.SCORE_FILE_KEYS, "hyperparameter_names", "hyperparameter_values"
+            *ensembling.SCORE_FILE_KEYS,
+            "hyperparameter_names",
+            "hyperparameter_values",
         }
         assert archive["hyperparameter_names"].dtype.kind == "U"
         assert archive["hyperparameter_values"].dtype == np.float64
-    read = ensemble.read_score_file(path)
+    read = ensembling.read_score_file(path)
     assert read.hyperparameter_names == ("learning_rate", "b1")
     np.testing.assert_array_equal(
         read.hyperparameter_values, [[1e-3, 0.9], [1e-3, 0.9], [3e-4, 0.9], [3e-4, 0.9]]
@@ -136,7 +139,7 @@ def test_score_file_round_trip_with_hyperparameters(tmp_path):
 
 def test_a_file_without_hyperparameters_is_as_before(tmp_path):
     for hyperparameters in (None, {}):
-        path = ensemble.write_score_file(
+        path = ensembling.write_score_file(
             tmp_path / "sgd.npz",
             scores=random_scores(0, 2, 3),
             labels=[0, 1, 2],
@@ -150,8 +153,8 @@ def test_a_file_without_hyperparameters_is_as_before(tmp_path):
             hyperparameters=hyperparameters,
         )
         with np.load(path) as archive:
-            assert sorted(archive.files) == sorted(ensemble.SCORE_FILE_KEYS)
-        read = ensemble.read_score_file(path)
+            assert sorted(archive.files) == sorted(ensembling.SCORE_FILE_KEYS)
+        read = ensembling.read_score_file(path)
         assert read.hyperparameter_names == () and read.hyperparameter_values is None
         assert read.hyperparameters.shape == (2, 0)
 
@@ -184,8 +187,8 @@ VALID = {
 )
 def test_writer_refuses_bad_hyperparameters(tmp_path, hyperparameters, message):
     path = tmp_path / "dgrad.npz"
-    with pytest.raises(ensemble.ScoreFileError, match=message) as error:
-        ensemble.write_score_file(path, **VALID, hyperparameters=hyperparameters)
+    with pytest.raises(ensembling.ScoreFileError, match=message) as error:
+        ensembling.write_score_file(path, **VALID, hyperparameters=hyperparameters)
     assert str(path) in str(error.value)
     assert not path.exists() and not list(tmp_path.iterdir())
 
@@ -221,12 +224,12 @@ def test_writer_refuses_bad_hyperparameters(tmp_path, hyperparameters, message):
     ],
 )
 def test_reader_refuses_bad_hyperparameter_arrays(tmp_path, arrays, message):
-    path = ensemble.write_score_file(tmp_path / "dgrad.npz", **VALID)
+    path = ensembling.write_score_file(tmp_path / "dgrad.npz", **VALID)
     with np.load(path) as archive:
         contents = dict(archive)
     np.savez(path, **contents, **{key: np.asarray(value) for key, value in arrays.items()})
-    with pytest.raises(ensemble.ScoreFileError, match=message):
-        ensemble.read_score_file(path)
+    with pytest.raises(ensembling.ScoreFileError, match=message):
+        ensembling.read_score_file(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ def test_reader_refuses_bad_hyperparameter_arrays(tmp_path, arrays, message):
 
 def test_sweep_run_reads_back_as_one_group_per_grid_point(lr_run):
     run, scores = lr_run
-    data = ensemble.load_run(run)
+    data = ensembling.load_run(run)
     assert list(data.groups) == [f"dgrad[{p}]" for p in LR_GROUPS] + [
         f"cos1[{p}]" for p in LR_GROUPS
     ]
@@ -251,7 +254,7 @@ def test_sweep_run_reads_back_as_one_group_per_grid_point(lr_run):
         assert not group.diverged.any()
     cos1 = data.groups["cos1[learning_rate=0.0003]"]
     np.testing.assert_array_equal(cos1.scores, scores["cos1"][4:6].astype(np.float32))
-    assert ensemble.describe_runs({"tiny": data})[0]["members"] == {
+    assert ensembling.describe_runs({"tiny": data})[0]["members"] == {
         **{f"dgrad[{p}]": 3 for p in LR_GROUPS},
         **{f"cos1[{p}]": 2 for p in LR_GROUPS},
     }
@@ -260,7 +263,9 @@ def test_sweep_run_reads_back_as_one_group_per_grid_point(lr_run):
 def test_a_two_hyperparameter_sweep_names_points_in_the_file_order(tmp_path):
     sweep = {"learning_rate": [1e-3, 3e-4], "b1": [0.9, 0.95]}
     scores = random_scores(2, 8)  # 2 members per grid point, 4 grid points
-    data = ensemble.load_run(write_sweep_run(tmp_path / "r", {"dgrad": (2, scores)}, sweep, LABELS))
+    data = ensembling.load_run(
+        write_sweep_run(tmp_path / "r", {"dgrad": (2, scores)}, sweep, LABELS)
+    )
     assert list(data.groups) == [
         "dgrad[learning_rate=0.001,b1=0.9]",
         "dgrad[learning_rate=0.001,b1=0.95]",
@@ -270,7 +275,7 @@ def test_a_two_hyperparameter_sweep_names_points_in_the_file_order(tmp_path):
     third = data.groups["dgrad[learning_rate=0.0003,b1=0.9]"]
     assert third.hyperparameters == (("learning_rate", 3e-4), ("b1", 0.9))
     np.testing.assert_array_equal(third.scores, scores[4:6].astype(np.float32))
-    assert ensemble.display_name(third.optimizer) == "DGrad[learning_rate=0.0003,b1=0.9]"
+    assert ensembling.display_name(third.optimizer) == "DGrad[learning_rate=0.0003,b1=0.9]"
 
 
 @pytest.mark.parametrize("empty", [None, {}])
@@ -278,7 +283,7 @@ def test_config_without_a_sweep_reads_as_before(tmp_path, empty):
     run = write_run(tmp_path / "r", "tiny", {"sgd": random_scores(0, 2)}, LABELS)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "sweep": empty}))
-    data = ensemble.load_run(run)
+    data = ensembling.load_run(run)
     assert list(data.groups) == ["sgd"] and data.groups["sgd"].hyperparameters == ()
 
 
@@ -301,8 +306,8 @@ def _rewrite_config(run, **changes):
 def test_bad_config_sweep_is_named(lr_run, sweep, message):
     run, _ = lr_run
     _rewrite_config(run, sweep=sweep)
-    with pytest.raises(ensemble.ScoreFileError, match=message) as error:
-        ensemble.load_run(run)
+    with pytest.raises(ensembling.ScoreFileError, match=message) as error:
+        ensembling.load_run(run)
     assert "config.json" in str(error.value)
 
 
@@ -311,25 +316,25 @@ def test_sweep_files_that_disagree_with_config_are_named(lr_run, tmp_path):
     dgrad = run / "scores" / "fold0" / "dgrad.npz"
 
     _rewrite_config(run, sweep=None)
-    with pytest.raises(ensemble.ScoreFileError, match="config.json has no 'sweep'"):
-        ensemble.load_run(run)
+    with pytest.raises(ensembling.ScoreFileError, match="config.json has no 'sweep'"):
+        ensembling.load_run(run)
     _rewrite_config(
         run, sweep={"learning_rate": LEARNING_RATES}, optimizers={"dgrad": 2, "cos1": 2}
     )
     with pytest.raises(
-        ensemble.ScoreFileError,
+        ensembling.ScoreFileError,
         match=f"{dgrad}: 9 members; config.json says 2 per grid point x 3 grid points",
     ):
-        ensemble.load_run(run)
+        ensembling.load_run(run)
     _rewrite_config(run, optimizers={"dgrad": 3, "cos1": 2}, sweep={"b1": [0.9, 0.95, 0.99]})
-    with pytest.raises(ensemble.ScoreFileError, match=r"config.json's 'sweep' varies \['b1'\]"):
-        ensemble.load_run(run)
+    with pytest.raises(ensembling.ScoreFileError, match=r"config.json's 'sweep' varies \['b1'\]"):
+        ensembling.load_run(run)
     _rewrite_config(run, sweep={"learning_rate": [3e-3, 1e-3, 1e-4]})
     with pytest.raises(
-        ensemble.ScoreFileError,
+        ensembling.ScoreFileError,
         match=r"member 6: learning_rate=0.0003 is not among config.json's 'sweep' values",
     ):
-        ensemble.load_run(run)
+        ensembling.load_run(run)
 
     # Members interleaved instead of grid point by grid point; a plain file in a sweep run.
     interleaved = write_sweep_run(
@@ -346,15 +351,17 @@ def test_sweep_files_that_disagree_with_config_are_named(lr_run, tmp_path):
         contents = dict(archive)
     contents["hyperparameter_values"] = np.array([[1e-3], [3e-4], [1e-3]])
     np.savez(path, **contents)
-    with pytest.raises(ensemble.ScoreFileError, match=r"grid point dgrad\[learning_rate=0.001\] "):
-        ensemble.load_run(interleaved)
+    with pytest.raises(
+        ensembling.ScoreFileError, match=r"grid point dgrad\[learning_rate=0.001\] "
+    ):
+        ensembling.load_run(interleaved)
     _rewrite_config(interleaved, optimizers={"dgrad": 3}, sweep={"learning_rate": [1e-3]})
-    with pytest.raises(ensemble.ScoreFileError, match=r"members 0..2 must be one grid point"):
-        ensemble.load_run(interleaved)
+    with pytest.raises(ensembling.ScoreFileError, match=r"members 0..2 must be one grid point"):
+        ensembling.load_run(interleaved)
     del contents["hyperparameter_names"], contents["hyperparameter_values"]
     np.savez(path, **contents)
-    with pytest.raises(ensemble.ScoreFileError, match=rf"{path}: holds hyperparameters \[\]"):
-        ensemble.load_run(interleaved)
+    with pytest.raises(ensembling.ScoreFileError, match=rf"{path}: holds hyperparameters \[\]"):
+        ensembling.load_run(interleaved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,13 +376,15 @@ def test_grid_point_specs_in_both_forms():
         "dgrad @ learning_rate = 0.0003 : 3",
         "DGRAD[Learning_Rate=3E-4]( 3 )",
     ):
-        assert ensemble.parse_ensemble_spec(text).terms == expected, text
-    spec = ensemble.parse_ensemble_spec("DGrad[b1=0.9, learning_rate=1e+3](2) + cos1@eps=1e-8:1")
+        assert ensembling.parse_ensemble_spec(text).terms == expected, text
+    spec = ensembling.parse_ensemble_spec("DGrad[b1=0.9, learning_rate=1e+3](2) + cos1@eps=1e-8:1")
     # Named in the grid's canonical order (learning_rate before b1), whatever the order given.
     assert spec.terms == (("dgrad[learning_rate=1000,b1=0.9]", 2), ("cos1[eps=1e-08]", 1))
     assert spec.label == "DGrad[learning_rate=1000,b1=0.9](2) + Cos#1[eps=1e-08](1)"
     # Two grid points of one optimizer are two terms; the plain group is a third.
-    spec = ensemble.parse_ensemble_spec("dgrad@learning_rate=1e-3:3 + DGrad[learning_rate=3e-4](3)")
+    spec = ensembling.parse_ensemble_spec(
+        "dgrad@learning_rate=1e-3:3 + DGrad[learning_rate=3e-4](3)"
+    )
     assert [term for term, _ in spec.terms] == [
         "dgrad[learning_rate=0.001]",
         "dgrad[learning_rate=0.0003]",
@@ -404,16 +413,16 @@ def test_grid_point_specs_in_both_forms():
     ],
 )
 def test_grid_point_specs_reject_bad_input(text, message):
-    with pytest.raises(ensemble.EnsembleSpecError, match=message):
-        ensemble.parse_ensemble_spec(text)
+    with pytest.raises(ensembling.EnsembleSpecError, match=message):
+        ensembling.parse_ensemble_spec(text)
 
 
 def test_grid_point_specs_are_served_by_the_sweep(lr_run, tmp_path):
     run, scores = lr_run
-    data = ensemble.load_run(run)
-    result = ensemble.evaluate_ensemble(
+    data = ensembling.load_run(run)
+    result = ensembling.evaluate_ensemble(
         data,
-        ensemble.parse_ensemble_spec("dgrad@learning_rate=1e-3:2 + Cos#1[learning_rate=3e-3](2)"),
+        ensembling.parse_ensemble_spec("dgrad@learning_rate=1e-3:2 + Cos#1[learning_rate=3e-3](2)"),
     )
     members = np.concatenate([scores["dgrad"][3:5], scores["cos1"][0:2]])
     assert result.metrics.accuracy == pytest.approx(sum_rule(members))
@@ -422,8 +431,8 @@ def test_grid_point_specs_are_served_by_the_sweep(lr_run, tmp_path):
         ("cos1[learning_rate=0.003]", 2),
     )
 
-    with pytest.raises(ensemble.EnsembleSpecError) as error:
-        ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("DGrad(3)"))
+    with pytest.raises(ensembling.EnsembleSpecError) as error:
+        ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec("DGrad(3)"))
     assert "DGrad was trained as a hyperparameter sweep" in str(error.value)
     assert (
         "DGrad[learning_rate=0.003], DGrad[learning_rate=0.001], DGrad[learning_rate=0.0003]"
@@ -431,32 +440,34 @@ def test_grid_point_specs_are_served_by_the_sweep(lr_run, tmp_path):
     )
     assert "dgrad@learning_rate=0.003:k" in str(error.value)
     with pytest.raises(
-        ensemble.EnsembleSpecError, match=r"has no grid point DGrad\[learning_rate=0.01\]"
+        ensembling.EnsembleSpecError, match=r"has no grid point DGrad\[learning_rate=0.01\]"
     ):
-        ensemble.table2({"tiny": data}, ["DGrad[learning_rate=1e-2](3)"])
-    with pytest.raises(ensemble.EnsembleSpecError, match="asks for 4 DGrad"):
-        ensemble.table2({"tiny": data}, ["DGrad[learning_rate=1e-3](4)"])
+        ensembling.table2({"tiny": data}, ["DGrad[learning_rate=1e-2](3)"])
+    with pytest.raises(ensembling.EnsembleSpecError, match="asks for 4 DGrad"):
+        ensembling.table2({"tiny": data}, ["DGrad[learning_rate=1e-3](4)"])
 
     # A plain run of the same data set merges with the sweep; its group has no grid points.
     plain = write_run(tmp_path / "plain", "tiny", {"sgd": scores["cos1"][:2]}, LABELS)
-    merged = ensemble.load_runs([run, plain])["tiny"]
+    merged = ensembling.load_runs([run, plain])["tiny"]
     assert list(merged.groups)[0] == "sgd"
     with pytest.raises(
-        ensemble.EnsembleSpecError, match=r"SGD on 'tiny' .* has no hyperparameter sweep"
+        ensembling.EnsembleSpecError, match=r"SGD on 'tiny' .* has no hyperparameter sweep"
     ):
-        ensemble.table2({"tiny": merged}, ["SGD[learning_rate=1e-3](1)"])
+        ensembling.table2({"tiny": merged}, ["SGD[learning_rate=1e-3](1)"])
 
 
 def test_grid_point_names_in_any_order(tmp_path):
     sweep = {"learning_rate": [1e-3, 3e-4], "b1": [0.9, 0.95]}
     scores = random_scores(3, 8)
-    data = ensemble.load_run(write_sweep_run(tmp_path / "r", {"dgrad": (2, scores)}, sweep, LABELS))
+    data = ensembling.load_run(
+        write_sweep_run(tmp_path / "r", {"dgrad": (2, scores)}, sweep, LABELS)
+    )
     for text in ("DGrad[b1=0.95,learning_rate=0.0003](2)", "dgrad@learning_rate=3e-4,b1=.95:2"):
-        result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec(text))
+        result = ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec(text))
         assert result.spec.terms == (("dgrad[learning_rate=0.0003,b1=0.95]", 2),)
         assert result.metrics.accuracy == pytest.approx(sum_rule(scores[6:8]))
-    with pytest.raises(ensemble.EnsembleSpecError, match="has no grid point"):
-        ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec("dgrad@b1=0.9:2"))
+    with pytest.raises(ensembling.EnsembleSpecError, match="has no grid point"):
+        ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec("dgrad@b1=0.9:2"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,8 +476,8 @@ def test_grid_point_names_in_any_order(tmp_path):
 
 def test_table1_has_a_row_per_grid_point(lr_run):
     run, scores = lr_run
-    data = ensemble.load_run(run)
-    rows = {row.optimizer: row for row in ensemble.table1(ensemble.member_results(data))}
+    data = ensembling.load_run(run)
+    rows = {row.optimizer: row for row in ensembling.table1(ensembling.member_results(data))}
     assert list(rows) == list(data.groups)
     for name, per_point in (("dgrad", 3), ("cos1", 2)):
         for point, label in enumerate(LR_GROUPS):
@@ -477,7 +488,7 @@ def test_table1_has_a_row_per_grid_point(lr_run):
             assert row.n_members == per_point and row.diverged_members == ()
             assert row.accuracy_mean == pytest.approx(np.mean(accuracies))
             assert row.accuracy_std == pytest.approx(np.std(accuracies, ddof=1))
-    markdown = ensemble.table1_markdown(list(rows.values()))
+    markdown = ensembling.table1_markdown(list(rows.values()))
     mean, std = (
         rows["dgrad[learning_rate=0.0003]"].accuracy_mean,
         rows["dgrad[learning_rate=0.0003]"].accuracy_std,
@@ -490,8 +501,8 @@ def test_table1_has_a_row_per_grid_point(lr_run):
 
 def test_default_table2_has_each_grid_point_whole(lr_run):
     run, scores = lr_run
-    datasets = ensemble.load_runs([run])
-    entries = {entry.spec.label: entry for entry in ensemble.table2(datasets)}
+    datasets = ensembling.load_runs([run])
+    entries = {entry.spec.label: entry for entry in ensembling.table2(datasets)}
     served = [label for label, entry in entries.items() if entry.result is not None]
     assert served == [f"DGrad[{p}](3)" for p in LR_GROUPS] + [f"Cos#1[{p}](2)" for p in LR_GROUPS]
     for point, label in enumerate(LR_GROUPS):
@@ -530,9 +541,9 @@ def diverged_sweep_run(tmp_path):
 
 
 def test_sweep_table_marks_grid_points_where_members_diverged(diverged_sweep_run):
-    datasets = ensemble.load_runs([diverged_sweep_run])
-    members = ensemble.member_results(datasets["tiny"])
-    rows = ensemble.sweep_table(datasets, members)
+    datasets = ensembling.load_runs([diverged_sweep_run])
+    members = ensembling.member_results(datasets["tiny"])
+    rows = ensembling.sweep_table(datasets, members)
     assert [(r.group, r.n_members, r.diverged_members) for r in rows] == [
         ("dgrad[learning_rate=0.01]", 3, (0, 1, 2)),
         ("dgrad[learning_rate=0.001]", 3, (1,)),
@@ -550,7 +561,7 @@ def test_sweep_table_marks_grid_points_where_members_diverged(diverged_sweep_run
     assert (clean.accuracy_mean, clean.accuracy_std, clean.fused_accuracy) == (0.75, 0.0, 0.75)
     assert clean.hyperparameters == (("learning_rate", 1e-4),)
 
-    markdown = ensemble.sweep_markdown(rows)
+    markdown = ensembling.sweep_markdown(rows)
     lines = markdown.splitlines()
     assert lines[0] == (
         "| Data set | Optimizer | learning_rate | Members | Diverged | Stand-alone acc % "
@@ -560,26 +571,26 @@ def test_sweep_table_marks_grid_points_where_members_diverged(diverged_sweep_run
     assert "| tiny | DGrad † | 0.001 | 3 | 1/3 (member 1) | 50.00 ± 0.00 | 50.00 |" in lines
     assert "| tiny | DGrad | 0.0001 | 3 | none | 75.00 ± 0.00 | 75.00 |" in lines
     assert lines[-1].startswith("†: members diverged at this grid point")
-    assert "†" not in ensemble.sweep_markdown([clean])
+    assert "†" not in ensembling.sweep_markdown([clean])
 
 
 def test_sweep_lines_group_by_optimizer_and_the_other_values(tmp_path):
     sweep = {"learning_rate": [1e-3, 3e-4], "b1": [0.9, 0.95]}
     run = write_sweep_run(tmp_path / "r", {"dgrad": (1, random_scores(4, 4))}, sweep, LABELS)
-    datasets = ensemble.load_runs([run])
-    rows = ensemble.sweep_table(datasets, ensemble.member_results(datasets["tiny"]))
-    by_lr = ensemble.sweep_lines(rows, "learning_rate")
+    datasets = ensembling.load_runs([run])
+    rows = ensembling.sweep_table(datasets, ensembling.member_results(datasets["tiny"]))
+    by_lr = ensembling.sweep_lines(rows, "learning_rate")
     assert list(by_lr) == [("tiny", "dgrad", (("b1", 0.9),)), ("tiny", "dgrad", (("b1", 0.95),))]
     # Each line's points sorted by the value on the x axis.
     assert [r.group for r in by_lr[("tiny", "dgrad", (("b1", 0.9),))]] == [
         "dgrad[learning_rate=0.0003,b1=0.9]",
         "dgrad[learning_rate=0.001,b1=0.9]",
     ]
-    assert list(ensemble.sweep_lines(rows, "b1")) == [
+    assert list(ensembling.sweep_lines(rows, "b1")) == [
         ("tiny", "dgrad", (("learning_rate", 1e-3),)),
         ("tiny", "dgrad", (("learning_rate", 3e-4),)),
     ]
-    assert ensemble.sweep_lines(rows, "eps") == {}
+    assert ensembling.sweep_lines(rows, "eps") == {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from trainer_testing import STRATEGY_SPREAD, load_scores, run, small_digits
 
-import train
+import training
 
 # Two groups of different optimizers and sizes: the axis holds sgd 0, sgd 1, adam 0.
 TOGETHER = dict(optimizers={"sgd": 2, "adam": 1}, folds=(1,), epochs=1, augment="paper")
@@ -72,7 +72,7 @@ def test_a_fold_checkpoint_restores_the_groups_left_to_train(tmp_path, shared_ru
     sgd_bytes = sgd_file.read_bytes()
     adam_file.unlink()
     steps = []
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
                          on_step=lambda *where: steps.append(where))  # fmt: skip
     assert steps == []  # restored at its last epoch
     assert sgd_file.read_bytes() == sgd_bytes  # reused, not rewritten
@@ -91,7 +91,7 @@ def test_checkpoints_of_a_trainer_that_kept_one_per_group_are_named_and_kept(
     fold = Path(config.out_dir) / "checkpoints" / "fold0"
     shutil.move(fold / "members", fold / "diffgrad")  # as the earlier trainer named it
     steps = []
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
                          on_step=lambda *where: steps.append(where))  # fmt: skip
     error = capsys.readouterr().err
     assert f"{fold / 'diffgrad'} holds a group's checkpoints" in error

@@ -25,6 +25,7 @@ from trainer_testing import (
 )
 
 import train
+import training
 from training.placement import auto_mesh_shape, parse_mesh, resolve_placement
 
 COMMON = dict(folds=(1,), epochs=1, augment="paper")
@@ -57,8 +58,10 @@ def test_resume_mid_epoch_on_a_mesh_is_bit_identical(tmp_path):
     config = fast_config(tmp_path, "resumed", **common)
 
     with pytest.raises(Killed):
-        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3))
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+        training.train_ensemble(
+            config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3)
+        )
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     np.testing.assert_array_equal(
         load_scores(config.out_dir, 0, "dgrad")["scores"],
         load_scores(whole.run_dir, 0, "dgrad")["scores"],
@@ -79,7 +82,7 @@ def test_bad_mesh_shapes_fail_before_anything_is_written(tmp_path, overrides, me
     config = fast_config(tmp_path, "bad", **{"optimizers": {"dgrad": 2}, "strategy": "sharded",
                                              **overrides})  # fmt: skip
     with pytest.raises(ValueError, match=message):
-        train.train_ensemble(config, dataset=small_digits(), progress=False)
+        training.train_ensemble(config, dataset=small_digits(), progress=False)
     assert not (tmp_path / "bad").exists()
 
 

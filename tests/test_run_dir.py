@@ -23,6 +23,7 @@ from trainer_testing import (
 )
 
 import train
+import training
 from training.run_dir import RunDirectoryError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +120,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
     assert checkpoint.is_dir()
     damage(checkpoint)
     steps = []
-    train.train_ensemble(
+    training.train_ensemble(
         config,
         dataset=small_digits(),
         progress=False,
@@ -162,10 +163,10 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_lock(tmp_path):
         held.write("pid 4242 on other-host\n")
         held.flush()
         with pytest.raises(RunDirectoryError, match="in use by pid 4242 on other-host"):
-            train.train_ensemble(config, dataset=small_digits(), progress=False)
+            training.train_ensemble(config, dataset=small_digits(), progress=False)
     assert not os.path.exists(os.path.join(config.out_dir, "config.json"))
     # The holder is gone; its lock file stays behind, stale, and does not block.
-    train.train_ensemble(config, dataset=small_digits(), progress=False)
+    training.train_ensemble(config, dataset=small_digits(), progress=False)
     assert os.path.exists(os.path.join(config.out_dir, "scores", "fold0", "sgd.npz"))
 
 
@@ -177,7 +178,7 @@ def test_a_truncated_log_is_rebuilt_on_resume(interrupted, uninterrupted):
     log = Path(config.out_dir) / "logs" / "fold0" / "diffgrad.csv"
     text = log.read_text()
     log.write_text(text[: len(text) - 7])  # cut the last row in the middle
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     expected = (Path(uninterrupted.run_dir) / "logs" / "fold0" / "diffgrad.csv").read_text()
     assert log.read_text() == expected
 
@@ -191,14 +192,14 @@ def test_a_damaged_score_file_is_trained_again(tmp_path, capsys):
     path = Path(finished.run_dir) / "scores" / "fold0" / "sgd.npz"
     original = load_scores(finished.run_dir, 0, "sgd")["scores"]
     path.write_bytes(path.read_bytes()[:100])
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     error = capsys.readouterr().err
     assert str(path) in error and "trained again" in error
     np.testing.assert_array_equal(load_scores(finished.run_dir, 0, "sgd")["scores"], original)
 
     other = run(tmp_path, small_digits(), "one", optimizers={"sgd": 1}, folds=(0,), epochs=1)
     path.write_bytes((Path(other.run_dir) / "scores" / "fold0" / "sgd.npz").read_bytes())
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     error = capsys.readouterr().err
     assert str(path) in error and "trained with other settings" in error
     np.testing.assert_array_equal(load_scores(finished.run_dir, 0, "sgd")["scores"], original)
@@ -209,7 +210,7 @@ def test_an_empty_config_json_is_named(tmp_path):
     os.makedirs(config.out_dir)
     Path(config.out_dir, "config.json").write_text("")
     with pytest.raises(ValueError, match=r"config\.json"):
-        train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+        training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
 
 
 # --- 8. Ctrl-C -----------------------------------------------------------------------------
@@ -259,20 +260,20 @@ def test_resume_accepts_settings_that_do_not_change_the_scores(interrupted, unin
     config = interrupted
     changed = dataclasses.replace(config, strategy="vmap", step_loop="python", scan_unroll=3,
                                   eval_batch_size=7, checkpoint_every=2)  # fmt: skip
-    train.train_ensemble(changed, dataset=small_digits(), progress=False, resume=True)
+    training.train_ensemble(changed, dataset=small_digits(), progress=False, resume=True)
     np.testing.assert_allclose(
         load_scores(config.out_dir, 0, "diffgrad")["scores"],
         load_scores(uninterrupted.run_dir, 0, "diffgrad")["scores"],
         atol=STRATEGY_SPREAD,
     )
     with pytest.raises(ValueError, match=r"differs in \['learning_rate'\]"):
-        train.train_ensemble(dataclasses.replace(config, learning_rate=0.1),
+        training.train_ensemble(dataclasses.replace(config, learning_rate=0.1),
                              dataset=small_digits(), progress=False, resume=True)  # fmt: skip
 
 
 def test_a_group_with_an_empty_member_count_is_an_error():
     with pytest.raises(ValueError, match="'dgrad:' in --optimizers 'dgrad:' has no member count"):
-        train.parse_optimizer_groups("dgrad:")
+        training.parse_optimizer_groups("dgrad:")
 
 
 # --- 12. the CLI's compilation cache ----------------------------------------------------
@@ -306,9 +307,11 @@ def test_checkpoints_by_time_resume_bit_identical(tmp_path, uninterrupted, minut
     overrides = dict(checkpoint_every=None, checkpoint_minutes=minutes)
     config = fast_config(tmp_path, "resumed", **RESUMABLE, **overrides)
     with pytest.raises(Killed):
-        train.train_ensemble(config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3))
+        training.train_ensemble(
+            config, dataset=small_digits(), progress=False, on_step=kill_at(1, 3)
+        )
     steps = []
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True,
                          on_step=lambda *where: steps.append(where))  # fmt: skip
     assert {epoch for _, epoch, _ in steps} == retrained
     np.testing.assert_array_equal(

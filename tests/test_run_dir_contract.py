@@ -22,8 +22,10 @@ from trainer_testing import (
 )
 
 import ensemble
+import ensembling
 import rundir
 import train
+import training
 from training.config import RESULT_FIELDS, TrainConfig, config_to_json
 from training.placement import parse_mesh, resolve_placement
 
@@ -33,8 +35,8 @@ TINY_CLI = ["--optimizers", "sgd:1", "--epochs", "1", "--folds", "0", "--batch-s
 ONE_FOLD = dict(optimizers={"sgd": 1}, folds=(0,), epochs=1)
 
 
-def _train(config: TrainConfig, **kwargs) -> train.TrainResult:
-    return train.train_ensemble(config, dataset=small_digits(), progress=False, **kwargs)
+def _train(config: TrainConfig, **kwargs) -> training.TrainResult:
+    return training.train_ensemble(config, dataset=small_digits(), progress=False, **kwargs)
 
 
 def _cli(*args: str, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
@@ -107,7 +109,7 @@ def test_resume_without_config_json_is_an_error_and_keeps_the_scores(tmp_path, s
 def test_a_score_file_carries_the_digest_of_its_settings(tmp_path, shared_runs):
     config = shared_runs.finished_copy(tmp_path, **ONE_FOLD)
     saved = rundir.read_config(config.out_dir)
-    digest = ensemble.read_score_file(Path(config.out_dir) / "scores/fold0/sgd.npz").config_digest
+    digest = ensembling.read_score_file(Path(config.out_dir) / "scores/fold0/sgd.npz").config_digest
     assert digest == saved.provenance.digest
     assert saved.provenance.planned_folds == (0,)
 
@@ -136,8 +138,8 @@ def test_resume_refuses_a_config_json_edited_after_the_run(tmp_path, shared_runs
     path.write_text(json.dumps(values))
     with pytest.raises(rundir.RunDirectoryError, match="was changed after the run wrote it"):
         _train(dataclasses.replace(config, learning_rate=0.1), resume=True)
-    with pytest.warns(ensemble.RunWarning, match="settings were changed after the run"):
-        ensemble.load_run(config.out_dir)
+    with pytest.warns(ensembling.RunWarning, match="settings were changed after the run"):
+        ensembling.load_run(config.out_dir)
 
 
 def test_a_run_directory_of_the_trainer_before_provenance(tmp_path, shared_runs):
@@ -152,8 +154,8 @@ def test_a_run_directory_of_the_trainer_before_provenance(tmp_path, shared_runs)
     with np.load(scores) as archive:
         arrays = {key: archive[key] for key in archive.files if key != "config_digest"}
     np.savez(scores, **arrays)
-    with pytest.warns(ensemble.RunWarning, match="written without provenance"):
-        data = ensemble.load_run(config.out_dir)
+    with pytest.warns(ensembling.RunWarning, match="written without provenance"):
+        data = ensembling.load_run(config.out_dir)
     assert data.groups["sgd"].n_members == 1
     with pytest.raises(rundir.RunDirectoryError, match="before score files carried provenance"):
         _train(config, resume=True)
@@ -197,13 +199,13 @@ def test_resume_with_swapped_sweep_flags_and_an_unused_learning_rate(tmp_path, s
     assert resumed.groups.keys() == reference.groups.keys()
     for group, outcome in resumed.groups.items():
         assert outcome.fused_accuracy == reference.groups[group].fused_accuracy, group
-    data = ensemble.load_run(config.out_dir)
+    data = ensembling.load_run(config.out_dir)
     assert list(data.groups) == list(reference.groups)
     # A file whose members hold the grid points in another order is not reused.
     path = Path(config.out_dir) / "scores" / "fold1" / "adam.npz"
-    saved = ensemble.read_score_file(path)
+    saved = ensembling.read_score_file(path)
     order = [1, 0, 2, 3]
-    ensemble.write_score_file(
+    ensembling.write_score_file(
         path,
         scores=saved.scores[order],
         labels=saved.labels,
@@ -221,7 +223,7 @@ def test_resume_with_swapped_sweep_flags_and_an_unused_learning_rate(tmp_path, s
     )
     warnings = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("training.api.warn", warnings.append)
+        patch.setattr("training.fold_scores.warn", warnings.append)
         _train(config, resume=True)
     assert any("grid points" in w and "not reused" in w for w in warnings), warnings
     np.testing.assert_array_equal(

@@ -9,7 +9,9 @@ import pytest
 from trainer_testing import count_backend_compiles, fast_config, load_scores, run, small_digits
 
 import ensemble
+import ensembling
 import train
+import training
 from rundir import grid_points
 from training.config import parse_sweep
 from training.optimizers import OPTIMIZER_NAMES
@@ -45,7 +47,7 @@ def test_a_four_point_sweep_compiles_the_step_once(tmp_path):
     config = fast_config(tmp_path, optimizers={"dgrad": 1}, folds=(0, 1), epochs=1,
                          sweep={"learning_rate": (1e-2, 3e-3, 1e-3, 3e-4)})  # fmt: skip
     with count_backend_compiles() as compiled:
-        result = train.train_ensemble(config, dataset=small_digits(), progress=False,
+        result = training.train_ensemble(config, dataset=small_digits(), progress=False,
                                       build_programs=RunPrograms)  # fmt: skip
     steps = [name for name in compiled if "_member_step" in name]
     assert steps == ["jit(_member_step_chunk)"]  # 4 grid points, 2 folds, 1 compile
@@ -53,12 +55,12 @@ def test_a_four_point_sweep_compiles_the_step_once(tmp_path):
 
 
 def test_the_runs_score_files_serve_grid_point_ensembles(tmp_path, sweep):
-    data = ensemble.load_run(sweep.run_dir)
+    data = ensembling.load_run(sweep.run_dir)
     assert set(data.groups) == {"dgrad[learning_rate=0.001]", "dgrad[learning_rate=0.0003]"}
     scores = load_scores(sweep.run_dir, 1, "dgrad")
     for spec_text, rows in (("DGrad[learning_rate=1e-3](2)", slice(0, 2)),
                             ("dgrad@learning_rate=3e-4:2", slice(2, 4))):  # fmt: skip
-        result = ensemble.evaluate_ensemble(data, ensemble.parse_ensemble_spec(spec_text))
+        result = ensembling.evaluate_ensemble(data, ensembling.parse_ensemble_spec(spec_text))
         fused = (scores["scores"][rows].sum(0).argmax(-1) == scores["labels"]).mean()
         assert result.metrics.accuracy == pytest.approx(fused)
     assert ensemble.main([sweep.run_dir, "--out", str(tmp_path / "tables")]) == 0
@@ -75,7 +77,7 @@ def test_divergence_at_one_grid_point_leaves_the_others_bit_identical(tmp_path, 
         scores["scores"][:2], load_scores(sweep.run_dir, 1, "dgrad")["scores"][:2]
     )
     assert wild.groups["dgrad[learning_rate=1e+38]"].diverged == [0, 1]
-    assert "dgrad[learning_rate=0.001] | 2 |" in train.format_summary(wild)
+    assert "dgrad[learning_rate=0.001] | 2 |" in training.format_summary(wild)
 
 
 def test_sweep_flags_and_bad_sweeps(tmp_path, capsys):
@@ -100,7 +102,7 @@ def test_sweep_flags_and_bad_sweeps(tmp_path, capsys):
     ]:  # fmt: skip
         config = fast_config(tmp_path, "bad", **{"optimizers": {"dgrad": 1}, **overrides})
         with pytest.raises(ValueError, match=message):
-            train.train_ensemble(config, dataset=small_digits(), progress=False)
+            training.train_ensemble(config, dataset=small_digits(), progress=False)
         assert not (tmp_path / "bad").exists()
     assert train.main(["--sweep", "learning_rate=1e-3", "--sweep", "learning_rate=2e-3"]) == 2
     assert "names ['learning_rate'] twice" in capsys.readouterr().err
@@ -122,7 +124,7 @@ def test_a_run_compiles_each_program_once_whatever_its_groups(tmp_path, groups):
     run_programs.cache_clear()  # programs of earlier tests in this process would be reused
     model_programs.cache_clear()
     with count_backend_compiles() as compiled:
-        train.train_ensemble(config, dataset=small_digits(), progress=False)
+        training.train_ensemble(config, dataset=small_digits(), progress=False)
     members = collections.Counter(name for name in compiled if name.startswith("jit(_member"))
     assert members == {
         "jit(_member_variables)": 1,  # the network's init, one member, called per key

@@ -26,6 +26,7 @@ from trainer_testing import (
 from trainer_testing import small_digits as small_digits_dataset
 
 import train
+import training
 from data import ImageDataset
 from training.members import load_pretrained_members, member_keys
 
@@ -61,7 +62,7 @@ def test_members_differ_and_runs_reproduce(tmp_path, small_digits):
 
 
 def test_initial_parameters_differ_between_members(small_digits):
-    config = train.TrainConfig(**FAST, optimizers={"adam": 2})
+    config = training.TrainConfig(**FAST, optimizers={"adam": 2})
     programs = programs_for(config, 2)
     params = programs.init(member_keys(0, "adam", 0, 2)[0]).params
     kernels = [
@@ -132,13 +133,13 @@ def test_resume_after_interruption_gives_the_same_scores(
     uninterrupted = shared_runs.finished(**{**common, "checkpoint_every": 1})
     config = fast_config(tmp_path, "resumed", **common)
     with pytest.raises(Killed):
-        train.train_ensemble(config, dataset=small_digits, progress=False, on_step=kill_at(1, 3))
+        training.train_ensemble(config, dataset=small_digits, progress=False, on_step=kill_at(1, 3))
     assert not os.path.exists(os.path.join(config.out_dir, "scores", "fold0", "diffgrad.npz"))
     with pytest.raises(ValueError, match="--resume"):
-        train.train_ensemble(config, dataset=small_digits, progress=False)
+        training.train_ensemble(config, dataset=small_digits, progress=False)
     steps = []
     respelled = dataclasses.replace(config, out_dir=config.out_dir + "/")  # the same run
-    train.train_ensemble(
+    training.train_ensemble(
         respelled,
         dataset=small_digits,
         progress=False,
@@ -170,10 +171,10 @@ def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
 
         return poisoned
 
-    config = train.TrainConfig(
+    config = training.TrainConfig(
         **{**FAST, **common, "out_dir": str(tmp_path / "broken"), "strategy": "loop"}
     )
-    broken = train.train_ensemble(
+    broken = training.train_ensemble(
         config, dataset=small_digits, progress=False, build_programs=programs_with(poison_member_1)
     )
     assert "adam member 1 diverged" in capsys.readouterr().err
@@ -184,7 +185,7 @@ def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
     np.testing.assert_array_equal(scores["scores"][[0, 2]], reference[[0, 2]])
     fused = (reference[[0, 2]].sum(0).argmax(-1) == scores["labels"]).mean()
     assert broken.groups["adam"].fused_accuracy == pytest.approx(fused)
-    assert "[1]" in train.format_summary(broken)
+    assert "[1]" in training.format_summary(broken)
 
 
 @pytest.mark.parametrize(
@@ -202,18 +203,18 @@ def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
     ],
 )
 def test_bad_configs_fail_before_training(tmp_path, small_digits, overrides, message):
-    config = train.TrainConfig(**{**FAST, "out_dir": str(tmp_path / "bad"), **overrides})
+    config = training.TrainConfig(**{**FAST, "out_dir": str(tmp_path / "bad"), **overrides})
     with pytest.raises(ValueError, match=message):
-        train.train_ensemble(config, dataset=small_digits, progress=False)
+        training.train_ensemble(config, dataset=small_digits, progress=False)
     assert not os.path.exists(tmp_path / "bad" / "scores")
 
 
 def test_unwritable_output_directory(tmp_path, small_digits):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    config = train.TrainConfig(**{**FAST, "out_dir": str(blocker / "run")})
+    config = training.TrainConfig(**{**FAST, "out_dir": str(blocker / "run")})
     with pytest.raises(ValueError, match="not writable"):
-        train.train_ensemble(config, dataset=small_digits, progress=False)
+        training.train_ensemble(config, dataset=small_digits, progress=False)
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
@@ -235,15 +236,15 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_optimizer_groups_parse():
-    assert train.parse_optimizer_groups("sgd:14, dgrad:7,cos1") == {
+    assert training.parse_optimizer_groups("sgd:14, dgrad:7,cos1") == {
         "sgd": 14,
         "dgrad": 7,
         "cos1": 1,
     }
     with pytest.raises(ValueError, match="unknown optimizer 'sgdm'"):
-        train.parse_optimizer_groups("sgdm:3")
+        training.parse_optimizer_groups("sgdm:3")
     with pytest.raises(ValueError, match="'x' for 'adam' is not an integer"):
-        train.parse_optimizer_groups("adam:x")
+        training.parse_optimizer_groups("adam:x")
 
 
 def test_paper_preset_and_flags_override_it():
@@ -259,14 +260,14 @@ def test_paper_preset_and_flags_override_it():
         "cos1": 7,
         "cos2": 7,
     }
-    assert train.config_from_args(parser.parse_args([])) == train.TrainConfig()
+    assert train.config_from_args(parser.parse_args([])) == training.TrainConfig()
 
 
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = capsys.readouterr().out
-    for field in dataclasses.fields(train.TrainConfig):
+    for field in dataclasses.fields(training.TrainConfig):
         assert "--" + field.name.replace("_", "-") in text
 
 
@@ -313,7 +314,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path, capsys):
 def test_pretrained_weights_reach_every_member_but_heads_stay_their_own(tmp_path):
     from pretrained_exporters import save_torchvision_safetensors
 
-    config = train.TrainConfig(**{**FAST, "optimizers": {"sgd": 2}, "stride_placement": "v1.5"})
+    config = training.TrainConfig(**{**FAST, "optimizers": {"sgd": 2}, "stride_placement": "v1.5"})
     programs = programs_for(config, 2)
     donor_keys = jnp.stack([jax.random.key(123)])
     donor = jax.tree.map(lambda leaf: np.asarray(leaf[0]), programs.init(donor_keys))
@@ -353,7 +354,7 @@ def test_a_member_with_finite_losses_but_broken_scores_is_excluded(tmp_path, sma
 
     config = fast_config(tmp_path, optimizers={"sgd": 2}, folds=(0,), epochs=1)
     build = programs_with(wrap_predict=break_member_0)
-    result = train.train_ensemble(
+    result = training.train_ensemble(
         config, dataset=small_digits, progress=False, build_programs=build
     )
     assert "sgd member 0 gives non-finite test scores" in capsys.readouterr().err

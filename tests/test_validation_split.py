@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from trainer_testing import fast_config, load_scores, small_digits
 
-import ensemble
-import train
+import ensembling
+import training
 from data.folds import validation_split
 
 VALIDATED = dict(optimizers={"sgd": 2, "adam": 1}, epochs=1, validation_fraction=0.1)
@@ -43,13 +43,13 @@ def test_bad_fractions_name_the_problem(labels, fraction, message):
 @pytest.mark.parametrize("fraction", [1.0, -0.5, float("nan")])
 def test_the_trainer_refuses_a_fraction_outside_0_1(tmp_path, fraction):
     with pytest.raises(ValueError, match="validation_fraction must be in"):
-        train.validate_config(fast_config(tmp_path, validation_fraction=fraction))
+        training.validate_config(fast_config(tmp_path, validation_fraction=fraction))
 
 
 def test_every_member_is_scored_on_the_held_out_rows(tmp_path, shared_runs):
     steps = []
     config = fast_config(tmp_path, **VALIDATED)
-    train.train_ensemble(
+    training.train_ensemble(
         config, dataset=small_digits(), progress=False, on_step=lambda *w: steps.append(w)
     )
     digits = small_digits()
@@ -65,7 +65,7 @@ def test_every_member_is_scored_on_the_held_out_rows(tmp_path, shared_runs):
             scores = saved["validation_scores"]
             assert scores.shape == (members, len(held_out), 10)
             np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
-    data = ensemble.load_run(config.out_dir)
+    data = ensembling.load_run(config.out_dir)
     assert [len(labels) for labels in data.validation_labels] == [30, 30]
     # The test scores are those of the same members: the held-out rows only add scores.
     plain = shared_runs.finished(**{**VALIDATED, "validation_fraction": 0.0})
@@ -76,7 +76,7 @@ def test_every_member_is_scored_on_the_held_out_rows(tmp_path, shared_runs):
 def test_resume_keeps_the_split(tmp_path, shared_runs, capsys):
     config = shared_runs.finished_copy(tmp_path, **VALIDATED)
     before = load_scores(config.out_dir, 1, "adam")
-    train.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
+    training.train_ensemble(config, dataset=small_digits(), progress=False, resume=True)
     assert "not reused" not in capsys.readouterr().err
     after = load_scores(config.out_dir, 1, "adam")
     for key in ("validation_indices", "validation_scores", "scores"):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from session_cache import SessionCache
 
-import train
+import training
 from data import ImageDataset, load_dataset
 from models.pretrained import Normalization
 from training.config import config_to_json
@@ -57,15 +57,15 @@ def small_digits() -> ImageDataset:
     )
 
 
-def fast_config(tmp_path, name="run", **overrides) -> train.TrainConfig:
-    return train.TrainConfig(
+def fast_config(tmp_path, name="run", **overrides) -> training.TrainConfig:
+    return training.TrainConfig(
         **{**FAST, "out_dir": str(tmp_path / name), "strategy": "loop", **overrides}
     )
 
 
-def run(tmp_path, dataset, name="run", **overrides) -> train.TrainResult:
+def run(tmp_path, dataset, name="run", **overrides) -> training.TrainResult:
     config = fast_config(tmp_path, name, **overrides)
-    return train.train_ensemble(config, dataset=dataset, progress=False)
+    return training.train_ensemble(config, dataset=dataset, progress=False)
 
 
 def programs_for(config, members, strategy="loop") -> RunPrograms:
@@ -118,32 +118,36 @@ class SharedRuns:
     def __init__(self, cache: SessionCache):
         self.cache = cache
 
-    def _name(self, config: train.TrainConfig, kind: str) -> str:
+    def _name(self, config: training.TrainConfig, kind: str) -> str:
         fields = config_to_json(config)
         fields.pop("out_dir")
         text = json.dumps(fields, sort_keys=True)
         return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
-    def finished(self, **overrides) -> train.TrainResult:
+    def finished(self, **overrides) -> training.TrainResult:
         """The run of ``fast_config(**overrides)``, trained to the end."""
         config = fast_config(self.cache.root, "unused", **overrides)
 
         def make(directory: Path) -> None:
             run_config = dataclasses.replace(config, out_dir=str(directory / "run"))
-            result = train.train_ensemble(run_config, dataset=small_digits(), progress=False)
+            result = training.train_ensemble(run_config, dataset=small_digits(), progress=False)
             (directory / "result.pickle").write_bytes(pickle.dumps(result))
 
         directory = self.cache.directory(self._name(config, "finished"), make)
         return pickle.loads((directory / "result.pickle").read_bytes())
 
-    def finished_copy(self, tmp_path: Path, name: str = "copy", **overrides) -> train.TrainConfig:
+    def finished_copy(
+        self, tmp_path: Path, name: str = "copy", **overrides
+    ) -> training.TrainConfig:
         """A private copy, at ``tmp_path / name``, of :meth:`finished`'s run; returns the config
         that resumes or overwrites it."""
         result = self.finished(**overrides)
         shutil.copytree(result.run_dir, tmp_path / name)
         return fast_config(tmp_path, name, **overrides)
 
-    def interrupted(self, tmp_path: Path, name: str = "resumed", **overrides) -> train.TrainConfig:
+    def interrupted(
+        self, tmp_path: Path, name: str = "resumed", **overrides
+    ) -> training.TrainConfig:
         """A private copy, at ``tmp_path / name``, of the run killed at step 3 of its second
         epoch (after the checkpoint of its first); returns the config that resumes it."""
         config = fast_config(self.cache.root, "unused", **overrides)
@@ -151,7 +155,7 @@ class SharedRuns:
         def make(directory: Path) -> None:
             run_config = dataclasses.replace(config, out_dir=str(directory / "run"))
             with contextlib.suppress(Killed):
-                train.train_ensemble(run_config, dataset=small_digits(), progress=False,
+                training.train_ensemble(run_config, dataset=small_digits(), progress=False,
                                      on_step=kill_at(1, 3))  # fmt: skip
 
         template = self.cache.directory(self._name(config, "interrupted"), make) / "run"

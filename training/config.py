@@ -15,21 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from data.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, AugmentConfig
 from models import MODEL_NAMES
+from models.resnet import STRIDE_PLACEMENTS
 from rundir import SWEEPABLE, canonical_names, format_hyperparameter, grid_points
+from training.augment import AUGMENTATIONS
 from training.optimizers import OPTIMIZER_NAMES, OPTIMIZERS
-from training.placement import MESH_AXES, format_mesh, parse_mesh
+from training.placement import MESH_AXES, check_mesh_strategy, parse_mesh
 
 MEMBER_STRATEGIES = ("auto", "vmap", "loop", "sharded")
 STEP_LOOPS = ("auto", "python", "scan")
-AUGMENTATIONS = {
-    "paper": PAPER_AUGMENTATION,
-    "none": NO_AUGMENTATION,
-    "scale": AugmentConfig(reflect=False, min_scale=1.0, max_scale=2.0),
-}
 DTYPES = ("float32", "bfloat16")
-STRIDE_PLACEMENTS = ("v1", "v1.5")
 
 
 def parse_optimizer_groups(text: str) -> dict[str, int]:
@@ -297,11 +292,7 @@ def validate_config(config: TrainConfig) -> None:
             isinstance(size, (int, np.integer)) and size >= 1 for size in config.mesh.values()
         ):
             raise ValueError(f"mesh {dict(config.mesh)!r} is not {{'member': M, 'data': D}}")
-        if config.strategy in ("vmap", "loop"):
-            raise ValueError(
-                f"mesh {format_mesh(config.mesh)} needs strategy 'sharded' or 'auto', not "
-                f"{config.strategy!r}"
-            )
+        check_mesh_strategy(config.strategy, config.mesh)
     if config.weights is not None and not os.path.isfile(config.weights):
         raise ValueError(f"weights file {config.weights!r} does not exist")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):

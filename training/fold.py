@@ -9,7 +9,6 @@ and logs -> checkpoint -> test-set softmax scores per member, split by group.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -17,15 +16,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from data import ImageDataset
-from training.config import TrainConfig
+from training.checkpoints import CheckpointPolicy
+from training.console import warn
 from training.members import epoch_randomness, load_pretrained_members, slot_keys
-from training.placement import Placement, replicate, shard_members, to_host
+from training.placement import Placement
 from training.programs import GroupData, RunPrograms, predict_members
 from training.run_dir import RunDirectory
+from training.transfer import replicate, shard_members, to_host
 
 StepCallback = Callable[[int, int, int], None]
 
@@ -66,14 +66,12 @@ class FoldMembers:
     padding slots up to the placement's slot count (their scores are dropped).
 
     Attributes:
-      config: the run's config.
       groups: the groups trained, in axis order.
       placement: where the members run.
       programs: the run's compiled programs.
       train_rows: rows of the padded training array (the largest fold's training split).
     """
 
-    config: TrainConfig
     groups: tuple[MemberGroup, ...]
     placement: Placement
     programs: RunPrograms
@@ -122,12 +120,6 @@ class FoldOutcome(NamedTuple):
     validation_scores: np.ndarray | None = None
 
 
-def warn(message: str) -> None:
-    """Prints a warning above the progress bar, once per run (process 0 of several)."""
-    if jax.process_index() == 0:
-        tqdm.write(message, file=sys.stderr)
-
-
 def _fold_data(dataset: ImageDataset, fold: Fold, rows: int, placement: Placement) -> GroupData:
     images = np.zeros((rows,) + dataset.images.shape[1:], np.uint8)
     labels = np.zeros((rows,), np.int32)
@@ -147,36 +139,18 @@ def _place_members(tree: Any, placement: Placement) -> Any:
     return shard_members(tree, placement.mesh)
 
 
-def _initial_state(axis: FoldMembers, init_keys: jax.Array) -> Any:
+def _initial_state(axis: FoldMembers, init_keys: jax.Array, weights: str | None) -> Any:
     programs = axis.programs
     state = programs.init(init_keys, jnp.asarray(axis.slot_swept_values()))
-    if axis.config.weights is None:
+    if weights is None:
         return state
     return load_pretrained_members(
         state,
-        axis.config.weights,
+        weights,
         init_optimizer=programs.tx.init,
         stride_placement=programs.model.stride_placement,
         sharding=programs.member_sharding,
     )
-
-
-def _checkpoint_due(config: TrainConfig, epoch: int, seconds_since_save: float) -> bool:
-    """Whether to checkpoint after ``epoch`` (0-based): every ``checkpoint_every`` epochs and
-    after the last, or, by default, once ``checkpoint_minutes`` have passed since the last
-    save. Every process takes process 0's answer: an orbax save is a collective."""
-    last = epoch + 1 == config.epochs
-    if config.checkpoint_every is not None:
-        due = config.checkpoint_every > 0 and ((epoch + 1) % config.checkpoint_every == 0 or last)
-    else:
-        # Saving every epoch cost a third of `python train.py` (59 s against 40 s, measured);
-        # a checkpoint only saves the work since the previous one.
-        due = seconds_since_save >= 60 * config.checkpoint_minutes or (
-            last and config.keep_checkpoints
-        )
-    if jax.process_count() > 1:
-        due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
-    return due
 
 
 def train_fold(
@@ -185,6 +159,11 @@ def train_fold(
     fold: Fold,
     run_dir: RunDirectory,
     *,
+    seed: int,
+    epochs: int,
+    checkpoint_policy: CheckpointPolicy,
+    eval_batch_size: int,
+    weights: str | None = None,
     progress: tqdm | None = None,
     on_step: StepCallback | None = None,
 ) -> dict[str, FoldOutcome]:
@@ -192,15 +171,28 @@ def train_fold(
     divergence.
 
     Resumes from the fold's newest good checkpoint when there is one.
+
+    Args:
+      axis: the members, their placement and programs.
+      dataset, fold: the data and this fold's rows.
+      run_dir: where the logs and checkpoints go.
+      seed: the run seed (with each member's group and index, its keys).
+      epochs: epochs to train (counting those a checkpoint restores).
+      checkpoint_policy: when to save.
+      eval_batch_size: test images per prediction call.
+      weights: ImageNet weights every member starts from (each keeps its own new head).
+      progress: a tqdm bar advanced per epoch.
+      on_step: called as ``on_step(fold, epoch, step)`` after each step of a Python loop.
     """
-    config, placement, programs = axis.config, axis.placement, axis.programs
+    placement, programs = axis.placement, axis.programs
     slots, members, spans = axis.slots, axis.members, axis.spans()
     slot_members = axis.slot_members()
-    init_keys, data_keys = slot_keys(config.seed, fold.index, slot_members)
+    init_keys, data_keys = slot_keys(seed, fold.index, slot_members)
     rules = programs.rules([group for group, _ in slot_members])
-    state = _initial_state(axis, init_keys)
+    state = _initial_state(axis, init_keys, weights)
     data = _fold_data(dataset, fold, axis.train_rows, placement)
-    steps = len(fold.train_indices) // config.batch_size
+    batch_size = programs.spec.batch_size
+    steps = len(fold.train_indices) // batch_size
 
     diverged = np.zeros(slots, bool)
     start_epoch, log_rows = 0, {group.name: [] for group in axis.groups}
@@ -213,7 +205,7 @@ def train_fold(
             start_epoch, state, diverged, log_rows = restored
         if progress is not None:
             progress.update(start_epoch)
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, epochs):
             orders, augment_keys = epoch_randomness(
                 data_keys, jnp.asarray(epoch), data.num_train, axis.train_rows
             )
@@ -231,7 +223,7 @@ def train_fold(
                         on_step(fold.index, epoch, step)
             loss_sum, correct, counted = to_host(metrics).T
             loss = loss_sum / counted
-            accuracy = correct / (counted * config.batch_size)
+            accuracy = correct / (counted * batch_size)
             for name, span in spans.items():
                 for m in np.flatnonzero(~np.isfinite(loss[span]) & ~diverged[span]):
                     warn(
@@ -252,7 +244,7 @@ def train_fold(
                 ]
                 if jax.process_index() == 0:
                     run_dir.write_log(fold.index, name, log_rows[name])
-            if _checkpoint_due(config, epoch, time.monotonic() - last_save):
+            if checkpoint_policy.due(epoch, epochs, time.monotonic() - last_save):
                 checkpoints.save(
                     epoch + 1, state, diverged.copy(), axis.layout(),
                     {name: list(rows) for name, rows in log_rows.items()},
@@ -264,7 +256,7 @@ def train_fold(
                 progress.update(1)
     # The validation rows ride along in the test set's prediction calls.
     predicted = np.concatenate([fold.test_indices, fold.validation_indices])
-    scores = predict_members(programs, state, dataset.images[predicted], config.eval_batch_size)
+    scores = predict_members(programs, state, dataset.images[predicted], eval_batch_size)
     n_test = len(fold.test_indices)
     outcomes = {}
     for name, span in spans.items():

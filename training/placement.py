@@ -11,14 +11,11 @@ until ``python benchmarks/trainer.py --suite gpu`` has run on such a device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 AUTO_MEMBER_STRATEGY = {"cpu": "loop", "gpu": "vmap", "tpu": "vmap"}  # gpu, tpu: unmeasured
 AUTO_STEP_LOOP = {"cpu": "python", "gpu": "python", "tpu": "python"}  # gpu, tpu: unmeasured
@@ -143,6 +140,14 @@ def check_mesh_shape(shape: dict[str, int], members: int, devices: int, batch_si
         )
 
 
+def check_mesh_strategy(strategy: str, mesh_shape: dict[str, int]) -> None:
+    """ValueError unless ``strategy`` can use a mesh: only "sharded" (or "auto") shards."""
+    if strategy in ("vmap", "loop"):
+        raise ValueError(
+            f"mesh {format_mesh(mesh_shape)} needs strategy 'sharded' or 'auto', not {strategy!r}"
+        )
+
+
 def resolve_placement(
     strategy: str,
     step_loop: str,
@@ -171,8 +176,8 @@ def resolve_placement(
     """
     backend = jax.default_backend()
     devices = list(jax.devices() if devices is None else devices)
-    if mesh_shape is not None and strategy in ("vmap", "loop"):
-        raise ValueError(f"a mesh needs strategy 'sharded' (or 'auto'), not {strategy!r}")
+    if mesh_shape is not None:
+        check_mesh_strategy(strategy, mesh_shape)
     if strategy == "auto":
         # A mesh asked for is used (or refused by check_mesh_shape), never dropped.
         sharded = len(devices) > 1 or mesh_shape is not None
@@ -214,41 +219,3 @@ def describe_placement(placement: Placement, requested: str, requested_loop: str
         f"member strategy: {placement.strategy}{where}, step loop: {placement.step_loop} "
         f"(backend {jax.default_backend()}; requested {requested}/{requested_loop})"
     )
-
-
-def replicate(array: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """Puts a host array on every device of ``mesh`` (every process supplies the same array)."""
-    if mesh is None:
-        return jnp.asarray(array)
-    sharding = NamedSharding(mesh, P())
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def shard_members(tree: Any, mesh: Mesh | None) -> Any:
-    """Splits the leading member axis of every leaf over ``mesh``'s member axis.
-
-    Every process supplies the same values (the trainer derives them from the same keys), and
-    each keeps the members of its own devices. Without a mesh the tree is returned as it is.
-    """
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, P(MEMBER_AXIS))
-
-    def put(leaf):
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree)
-
-
-def to_host(array: jax.Array) -> np.ndarray:
-    """A (possibly multi-process) array as one NumPy array on every host."""
-    if jax.process_count() > 1:
-        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-    return np.asarray(array)
-
-
-def sync_processes(name: str) -> None:
-    """Waits until every process of a ``jax.distributed`` run has got here (no-op alone)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)

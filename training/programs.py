@@ -24,21 +24,15 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from data.augment import augment_images, resize_images
 from models import get_model
 from models.pretrained import Normalization
 from rundir import SWEEPABLE
-from training.config import AUGMENTATIONS, TrainConfig
+from training.augment import AUGMENTATIONS, augment_images, resize_images
+from training.config import TrainConfig
 from training.members import MemberState, stack_members
 from training.optimizers import MemberOptimizer
-from training.placement import (
-    DATA_AXIS,
-    MEMBER_AXIS,
-    Placement,
-    replicate,
-    shard_members,
-    to_host,
-)
+from training.placement import DATA_AXIS, MEMBER_AXIS, Placement
+from training.transfer import replicate, shard_members, to_host
 
 # Per positional argument of a step (state, metrics, order, step, key, data, rule) and of a
 # prediction (variables, images): 0 where it carries the member axis, None where it is

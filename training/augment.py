@@ -1,4 +1,4 @@
-"""On-device image augmentation, per ensemble member.
+"""On-device image augmentation, per ensemble member, inside the train step.
 
 The paper (following MATLAB's ``imageDataAugmenter``) augments each training image with a
 random horizontal and a random vertical reflection and independent random x and y scale
@@ -34,6 +34,12 @@ class AugmentConfig(NamedTuple):
 
 PAPER_AUGMENTATION = AugmentConfig(reflect=True, min_scale=1.0, max_scale=2.0)
 NO_AUGMENTATION = AugmentConfig(reflect=False, min_scale=1.0, max_scale=1.0)
+# The presets ``TrainConfig.augment`` names.
+AUGMENTATIONS = {
+    "paper": PAPER_AUGMENTATION,
+    "none": NO_AUGMENTATION,
+    "scale": AugmentConfig(reflect=False, min_scale=1.0, max_scale=2.0),
+}
 
 
 def _resample(image: jax.Array, output_size: int, scale_yx: jax.Array) -> jax.Array:

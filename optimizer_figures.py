@@ -1,0 +1,59 @@
+"""The paper's figures of the optimizers themselves: Figure 1, the cyclic factors of Cos#1
+and Cos#2.
+
+Here rather than in ``optax_dgrad``, which needs only jax and optax, or in ``ensembling``,
+whose figures are of trained ensembles. ``ensemble.py`` writes Figure 1 beside its plots
+(``cyclic_factors.png``), as README.md shows it; to draw it alone::
+
+  python optimizer_figures.py docs/figures/cyclic_factors.png
+
+matplotlib's object API on the Agg canvas, as ``ensembling.plots``: no pyplot, no global
+backend switch.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def cyclic_factors(n_steps: int = 60, period: int = 30) -> tuple[np.ndarray, ...]:
+    """The paper's Figure 1 data: steps ``t = 1 .. n_steps``, Cos#1's ``c_t``, Cos#2's ``a_t``.
+
+    Computed by ``optax_dgrad.cos1_coefficient`` and ``cos2_coefficient``.
+    """
+    import jax.numpy as jnp
+
+    from optax_dgrad import cos1_coefficient, cos2_coefficient
+
+    steps = jnp.arange(1, n_steps + 1)
+    return (
+        np.asarray(steps),
+        np.asarray(cos1_coefficient(steps, period=period)),
+        np.asarray(cos2_coefficient(steps, period=period)),
+    )
+
+
+def plot_cyclic_factors(path: str | Path, n_steps: int = 60, period: int = 30) -> Path:
+    """The paper's Figure 1: ``c_t`` and ``a_t`` over ``t = 1 .. n_steps``, written to
+    ``path`` (a PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps, cos1_factor, cos2_factor = cyclic_factors(n_steps, period)
+    figure = Figure(figsize=(4.4, 3.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    axis.plot(steps, cos1_factor, label="$c_t$ (Cos#1, eq. 15)")
+    axis.plot(steps, cos2_factor, label="$a_t$ (Cos#2, eq. 17)")
+    axis.set(xlabel="step t", title=f"cyclic factors, period {period}")
+    axis.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=2)
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python optimizer_figures.py OUT.png")
+    print(plot_cyclic_factors(sys.argv[1]))
