@@ -35,14 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # ensembling is used from the checkout, not installed
 
-from ensembling.bootstrap import (  # noqa: E402
+from ensembling import (  # noqa: E402
+    fit_temperature,
+    greedy_select,
     mean_ci,
     member_mean_ci,
     paired_difference_ci,
     resample_indices,
 )
-from ensembling.calibration import fit_temperature  # noqa: E402
-from ensembling.selection import greedy_select  # noqa: E402
 
 GROUP_SIZE = 14
 TABLE2_ROWS = 12

@@ -41,11 +41,16 @@ sys.path.insert(0, str(ROOT))
 
 from models.pretrained import Normalization  # noqa: E402
 from rundir import write_atomically  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.members import MemberState, epoch_randomness, slot_keys  # noqa: E402
-from training.optimizers import OPTIMIZER_NAMES  # noqa: E402
-from training.placement import resolve_placement  # noqa: E402
-from training.programs import GroupData, ProgramSpec, RunPrograms  # noqa: E402
+from training import (  # noqa: E402
+    OPTIMIZER_NAMES,
+    ProgramSpec,
+    RunPrograms,
+    TrainConfig,
+    resolve_placement,
+    slot_keys,
+)
+from training.members import MemberState, epoch_randomness  # noqa: E402
+from training.programs import GroupData  # noqa: E402
 
 RESULTS_PATH = Path(__file__).parent / "results" / "member_axis.json"
 CLASSES, NORMALIZATION = 10, Normalization((0.5,) * 3, (0.25,) * 3)

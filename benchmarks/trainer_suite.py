@@ -19,10 +19,18 @@ import numpy as np
 import trainer_support as ts  # beside this module (trainer.py puts benchmarks/ on the path)
 
 from models.pretrained import Normalization
-from training.config import TrainConfig
-from training.members import epoch_randomness, member_keys, slot_keys
-from training.placement import AUTO_MEMBER_STRATEGY, AUTO_STEP_LOOP, resolve_placement
-from training.programs import GroupData, ProgramSpec, RunPrograms, predict_members
+from training import (
+    AUTO_MEMBER_STRATEGY,
+    AUTO_STEP_LOOP,
+    ProgramSpec,
+    RunPrograms,
+    TrainConfig,
+    member_keys,
+    resolve_placement,
+    slot_keys,
+)
+from training.members import epoch_randomness
+from training.programs import GroupData, predict_members
 from training.transfer import replicate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from training.augment import NO_AUGMENTATION, AugmentConfig, augment_images
+from training import AugmentConfig, augment_images
+from training.augment import NO_AUGMENTATION
 
 
 def ramp_images(count=4, size=16):
@@ -100,4 +101,3 @@ def test_output_size_and_range():
     out = np.asarray(augment_images(jax.random.key(1), images, 16))
     assert out.shape == (5, 16, 16, 3) and out.dtype == np.float32
     assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
-

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from training.optimizers import OPTIMIZER_NAMES, OPTIMIZERS, MemberOptimizer, make_optimizer
+from training import OPTIMIZER_NAMES, OPTIMIZERS, MemberOptimizer, make_optimizer
 
 HYPERPARAMETERS = dict(
     learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, weight_decay=1e-3

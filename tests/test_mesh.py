@@ -26,7 +26,8 @@ from trainer_testing import (
 
 import train
 import training
-from training.placement import auto_mesh_shape, parse_mesh, resolve_placement
+from training import parse_mesh, resolve_placement
+from training.placement import auto_mesh_shape
 
 COMMON = dict(folds=(1,), epochs=1, augment="paper")
 

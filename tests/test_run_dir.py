@@ -24,7 +24,7 @@ from trainer_testing import (
 
 import train
 import training
-from training.run_dir import RunDirectoryError
+from rundir import RunDirectoryError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--optimizers", "sgd:1", "--epochs", "1", "--folds", "0", "--batch-size", "64",

@@ -26,8 +26,7 @@ import ensembling
 import rundir
 import train
 import training
-from training.config import RESULT_FIELDS, TrainConfig, config_to_json
-from training.placement import parse_mesh, resolve_placement
+from training import RESULT_FIELDS, TrainConfig, config_to_json, parse_mesh, resolve_placement
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLI = ["--optimizers", "sgd:1", "--epochs", "1", "--folds", "0", "--batch-size", "64",

@@ -13,9 +13,8 @@ import ensembling
 import train
 import training
 from rundir import grid_points
-from training.config import parse_sweep
-from training.optimizers import OPTIMIZER_NAMES
-from training.programs import RunPrograms, model_programs, run_programs
+from training import OPTIMIZER_NAMES, RunPrograms, parse_sweep, run_programs
+from training.programs import model_programs
 
 # Fold 1 with the paper's augmentation: the plain 1e-3 run is test_mesh's 2-member reference.
 COMMON = dict(optimizers={"dgrad": 2}, folds=(1,), epochs=1, augment="paper")

@@ -28,7 +28,8 @@ from trainer_testing import small_digits as small_digits_dataset
 import train
 import training
 from data import ImageDataset
-from training.members import load_pretrained_members, member_keys
+from training import member_keys
+from training.members import load_pretrained_members
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,7 @@ from session_cache import SessionCache
 import training
 from data import ImageDataset, load_dataset
 from models.pretrained import Normalization
-from training.config import config_to_json
-from training.placement import resolve_placement
-from training.programs import ProgramSpec, RunPrograms
+from training import ProgramSpec, RunPrograms, config_to_json, resolve_placement
 
 FAST = dict(
     model="resnet_tiny",
