@@ -3,11 +3,19 @@
 Not a test: a measurement. For each optimizer it checks two steps against the NumPy
 reference (``optax_dgrad.testing``), then times the donated, jitted step
 ``params, state -> apply_updates(params, update(grads, state))`` (median of several runs
-after warm-up, the optimizers taking turns), reports the state size, XLA's scratch memory
-per call, and the memory-bandwidth floor: the bytes the update must read and write (Adam 7
-arrays per parameter; diffGrad and DGrad/Cos 9) over a measured read+write bandwidth. The
-tree is ``models``' own ResNet50 (1000 classes), its shapes from ``jax.eval_shape``. Prints
-a Markdown table and writes benchmarks/results/optimizer_update.json.
+after warm-up, the optimizers taking turns) and reports, per row:
+
+- the bytes the update must move at least (Adam 7 arrays of parameter size; diffGrad and
+  DGrad/Cos 9), the floor they set at the read+write bandwidth measured in the same turns
+  (a donated ``x -> 2 * x`` over the tree), and the step's ratio to that floor;
+- the bytes the compiled program moves (XLA's cost analysis: XLA:CPU fuses no multiple
+  outputs, so it moves more than the minimum), the floor they set and the ratio to it;
+- the state size and XLA's scratch memory per call.
+
+Then, for float32 and bfloat16 moments, the ResNet50 state size and the error of a
+100-step trajectory on a small problem against the float64 NumPy reference. The tree is
+``models``' own ResNet50 (1000 classes), its shapes from ``jax.eval_shape``. Prints
+Markdown tables and writes benchmarks/results/optimizer_update.json.
 
     python benchmarks/optimizer_update.py [--repeats 15]
 
@@ -95,9 +103,12 @@ def check_against_reference(name, shapes, rng):
 
 
 def time_steps(shapes, repeats):
-    """Median seconds per donated, jitted step of every optimizer, plus state bytes and
-    compile seconds. The optimizers take turns, one step each per round, so load from
-    other processes on a shared machine hits all of them alike."""
+    """Median seconds per donated, jitted step of every optimizer, with its state bytes,
+    XLA's scratch and accessed bytes and its compile seconds; and the read+write bandwidth.
+
+    The programs take turns, one call each per round, the bandwidth probe among them, so
+    load from other processes on a shared machine hits all of them, and the floor, alike.
+    """
     keys = jax.random.split(jax.random.key(0), len(shapes))
     initial_params = [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
     grads = [0.01 * p for p in initial_params]
@@ -106,44 +117,39 @@ def time_steps(shapes, repeats):
         optimizer = make_optimizer()
         params = [p.copy() for p in initial_params]
         state = optimizer.init(params)
-        step = make_step(optimizer)
         compile_start = time.perf_counter()
-        compiled = step.lower(params, state, grads).compile()
+        compiled = make_step(optimizer).lower(params, state, grads).compile()
         compile_seconds = time.perf_counter() - compile_start
-        # Scratch memory XLA allocates per call; on CPU a large one costs page faults.
-        temp_bytes = compiled.memory_analysis().temp_size_in_bytes
-        params, state = jax.block_until_ready(step(params, state, grads))
-        for _ in range(2):  # warm-up
-            params, state = jax.block_until_ready(step(params, state, grads))
-        state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-        runs[name] = {"step": step, "carry": (params, state), "times": [],
-                      "state_bytes": state_bytes, "compile_seconds": compile_seconds,
-                      "temp_bytes": temp_bytes}
-    for _ in range(repeats):
-        for run in runs.values():
-            start = time.perf_counter()
-            run["carry"] = jax.block_until_ready(run["step"](*run["carry"], grads))
-            run["times"].append(time.perf_counter() - start)
-    return {
-        name: (float(np.median(run["times"])), run["state_bytes"], run["temp_bytes"],
-               run["compile_seconds"])
-        for name, run in runs.items()
-    }
-
-
-def read_write_bandwidth(shapes, repeats):
-    """Bytes/s of XLA reading and writing the whole tree once (donated x -> 2x)."""
+        costs = compiled.cost_analysis()
+        costs = costs[0] if isinstance(costs, list) else costs  # a list in older jax
+        for _ in range(3):  # warm-up
+            params, state = jax.block_until_ready(compiled(params, state, grads))
+        runs[name] = {
+            "call": lambda carry, compiled=compiled: compiled(*carry, grads),
+            "carry": (params, state),
+            "times": [],
+            "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
+            "compile_seconds": compile_seconds,
+            # Scratch memory XLA allocates per call; on CPU a large one costs page faults.
+            "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+            "xla_bytes": costs["bytes accessed"],
+        }
+    # The bandwidth probe reads and writes the whole tree once, in place.
+    double = jax.jit(lambda tree: [2 * x for x in tree], donate_argnums=0)
     tree = [jnp.ones(s, jnp.float32) for s in shapes]
-    double = jax.jit(lambda t: jax.tree.map(lambda x: x * 2, t), donate_argnums=0)
-    for _ in range(3):
+    for _ in range(3):  # warm-up
         tree = jax.block_until_ready(double(tree))
-    times = []
+    probe = {"call": lambda carry: (double(carry[0]),), "carry": (tree,), "times": []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tree = jax.block_until_ready(double(tree))
-        times.append(time.perf_counter() - start)
-    bytes_moved = 2 * sum(x.nbytes for x in tree)
-    return bytes_moved / float(np.median(times))
+        for run in (*runs.values(), probe):
+            start = time.perf_counter()
+            run["carry"] = jax.block_until_ready(run["call"](run["carry"]))
+            run["times"].append(time.perf_counter() - start)
+    for run in runs.values():
+        run["seconds"] = float(np.median(run.pop("times")))
+        del run["call"], run["carry"]
+    bytes_probed = 2 * sum(x.nbytes for x in probe["carry"][0])
+    return runs, bytes_probed / float(np.median(probe["times"]))
 
 
 def trajectory_error(name, dtype, steps=100, lr=1e-2):
@@ -216,51 +222,66 @@ def main():
         check_against_reference(name, shapes, rng)
     print("all optimizers match the NumPy reference (2 steps, ResNet50 tree)")
 
-    bandwidth = read_write_bandwidth(shapes, args.repeats)
+    timings, bandwidth = time_steps(shapes, args.repeats)
     rows = []
-    timings = time_steps(shapes, args.repeats)
-    for name, (seconds, state_bytes, temp_bytes, compile_seconds) in timings.items():
+    for name, run in timings.items():
         bytes_moved = ARRAYS_MOVED[name] * bytes_per_array
-        floor = bytes_moved / bandwidth
+        floor, xla_floor = bytes_moved / bandwidth, run["xla_bytes"] / bandwidth
         rows.append({
             "optimizer": name,
-            "median_ms": 1e3 * seconds,
+            "median_ms": 1e3 * run["seconds"],
             "bytes_moved_mb": bytes_moved / 1e6,
+            "bandwidth_gb_s": bandwidth / 1e9,
             "floor_ms": 1e3 * floor,
-            "vs_floor": seconds / floor,
-            "state_mb": state_bytes / 1e6,
-            "xla_temp_mb": temp_bytes / 1e6,
-            "compile_s": compile_seconds,
+            "vs_floor": run["seconds"] / floor,
+            "xla_bytes_mb": run["xla_bytes"] / 1e6,
+            "xla_floor_ms": 1e3 * xla_floor,
+            "vs_xla_floor": run["seconds"] / xla_floor,
+            "state_mb": run["state_bytes"] / 1e6,
+            "xla_temp_mb": run["temp_bytes"] / 1e6,
+            "compile_s": run["compile_seconds"],
         })
-    adam_ms = rows[0]["median_ms"]
+    adam = rows[0]
     for row in rows:
-        row["vs_adam"] = row["median_ms"] / adam_ms
-        row["floor_vs_adam"] = row["floor_ms"] / rows[0]["floor_ms"]
+        row["vs_adam"] = row["median_ms"] / adam["median_ms"]
+        row["floor_vs_adam"] = row["floor_ms"] / adam["floor_ms"]
+        row["xla_floor_vs_adam"] = row["xla_floor_ms"] / adam["xla_floor_ms"]
 
     print(
         f"\nResNet50-shaped tree: {n_params:,} float32 parameters in {len(shapes)} leaves; "
-        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"median of {args.repeats}; read+write bandwidth {bandwidth / 1e9:.1f} GB/s\n"
+        f"{jax.devices()[0].device_kind} ({jax.default_backend()}), median of "
+        f"{args.repeats}; read+write bandwidth {bandwidth / 1e9:.1f} GB/s in the same turns; "
+        f"1-minute load {load_before[0]:.1f}\n"
     )
     print(
         "| optimizer | update (ms) | vs adam | bytes moved (MB) | floor (ms) | vs floor "
-        "| floor vs adam | state (MB) | XLA temp (MB) |"
+        "| XLA bytes (MB) | XLA floor (ms) | vs XLA floor | state (MB) | XLA temp (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['optimizer']} | {row['median_ms']:.1f} | {row['vs_adam']:.2f}x | "
             f"{row['bytes_moved_mb']:.0f} | {row['floor_ms']:.1f} | {row['vs_floor']:.2f}x | "
-            f"{row['floor_vs_adam']:.2f}x | {row['state_mb']:.1f} | {row['xla_temp_mb']:.1f} |"
+            f"{row['xla_bytes_mb']:.0f} | {row['xla_floor_ms']:.1f} | "
+            f"{row['vs_xla_floor']:.2f}x | {row['state_mb']:.1f} | {row['xla_temp_mb']:.1f} |"
         )
     moments = moment_dtypes(shapes)
-    print("\nbfloat16 moments (mu_dtype = nu_dtype = bfloat16) against float32:")
-    print("| optimizer | state float32 (MB) | state bfloat16 (MB) | max |x_bf16 - x_ref| "
-          "| max |x_f32 - x_ref| | (100 steps, NumPy float64 reference) |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(
+        "\nMoments stored in float32 and in bfloat16 (mu_dtype = nu_dtype; optax.adam has "
+        "mu_dtype only): ResNet50 state size, and max |x_t - x_ref_t| over 100 steps of the "
+        "small quadratic against the float64 NumPy reference\n"
+    )
+    print(
+        "| optimizer | state, float32 (MB) | state, bfloat16 (MB) | bfloat16 / float32 "
+        "| error, float32 | error, bfloat16 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, row in moments.items():
-        print(f"| {name} | {row['state_mb_float32']:.1f} | {row['state_mb_bfloat16']:.1f} | "
-              f"{row['trajectory_error_bfloat16']:.2e} | {row['trajectory_error_float32']:.2e} | |")
+        print(
+            f"| {name} | {row['state_mb_float32']:.1f} | {row['state_mb_bfloat16']:.1f} | "
+            f"{row['state_mb_bfloat16'] / row['state_mb_float32']:.2f} | "
+            f"{row['trajectory_error_float32']:.1e} | {row['trajectory_error_bfloat16']:.1e} |"
+        )
 
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps({

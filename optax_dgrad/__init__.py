@@ -47,10 +47,14 @@ Dtypes. Parameters and gradients must be of a real floating-point dtype (float16
 bfloat16, float32, float64): the frictions compare magnitudes, which the paper does not
 define for complex numbers, and integer leaves cannot hold an Adam update. ``init`` raises a
 ``TypeError`` naming the first parameter leaf of another dtype (integer, complex, bool), and
-``update`` does the same for gradient leaves; the check reads static dtypes only.
+``update`` does the same for gradient leaves; the check reads static dtypes only. The
+moments are stored in the parameters' dtype unless ``mu_dtype`` or ``nu_dtype`` (for
+instance ``bfloat16``, half the memory) say otherwise; they are computed in the wider of
+that dtype and the gradient's, so storing them is their only rounding.
 
 Hyperparameters. Concrete values are checked at construction: a non-finite or out-of-range
-value is a ``ValueError`` naming the argument and its value. Schedules and traced values
+value, or a ``mu_dtype`` or ``nu_dtype`` that is neither None nor a real floating-point
+dtype, is a ``ValueError`` naming the argument and its value. Schedules and traced values
 (under :func:`optax.inject_hyperparams` inside :func:`jax.jit`) are not checked.
 
 References:

@@ -72,7 +72,8 @@ def diffgrad(
     Raises:
         ValueError: if a hyperparameter is not finite or out of range (negative
             ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
-            [0, 1)); the message names the argument and its value.
+            [0, 1)), or ``mu_dtype`` or ``nu_dtype`` is neither None nor a real
+            floating-point dtype; the message names the argument and its value.
 
     Example:
         >>> import jax
@@ -137,8 +138,9 @@ def dgrad(
     Raises:
         ValueError: if a hyperparameter is not finite or out of range (negative
             ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
-            [0, 1); an unknown ``normalization``); the message names the argument and its
-            value.
+            [0, 1); an unknown ``normalization``), or ``mu_dtype`` or ``nu_dtype`` is
+            neither None nor a real floating-point dtype; the message names the argument
+            and its value.
 
     Example:
         >>> import jax
@@ -206,8 +208,9 @@ def cos1(
     Raises:
         ValueError: if a hyperparameter is not finite or out of range (negative
             ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
-            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``); the
-            message names the argument and its value.
+            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``), or
+            ``mu_dtype`` or ``nu_dtype`` is neither None nor a real floating-point dtype;
+            the message names the argument and its value.
 
     Example:
         >>> import jax
@@ -275,8 +278,9 @@ def cos2(
     Raises:
         ValueError: if a hyperparameter is not finite or out of range (negative
             ``learning_rate``, ``eps`` or ``weight_decay``; ``b1`` or ``b2`` outside
-            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``); the
-            message names the argument and its value.
+            [0, 1); ``period`` not a whole number >= 1; an unknown ``normalization``), or
+            ``mu_dtype`` or ``nu_dtype`` is neither None nor a real floating-point dtype;
+            the message names the argument and its value.
 
     Example:
         >>> import jax

@@ -53,8 +53,9 @@ def scale_by_cos1(
 
     Raises:
         ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
-            finite, ``period`` is not a whole number >= 1 or ``normalization`` is not
-            ``"leaf"`` or ``"tree"``.
+            finite, ``period`` is not a whole number >= 1, ``normalization`` is not
+            ``"leaf"`` or ``"tree"``, or ``mu_dtype`` or ``nu_dtype`` is neither None nor
+            a real floating-point dtype.
         TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
             real floating-point dtype; the message names the leaf and its dtype.
 
@@ -120,8 +121,9 @@ def scale_by_cos2(
 
     Raises:
         ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
-            finite, ``period`` is not a whole number >= 1 or ``normalization`` is not
-            ``"leaf"`` or ``"tree"``.
+            finite, ``period`` is not a whole number >= 1, ``normalization`` is not
+            ``"leaf"`` or ``"tree"``, or ``mu_dtype`` or ``nu_dtype`` is neither None nor
+            a real floating-point dtype.
         TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
             real floating-point dtype; the message names the leaf and its dtype.
 

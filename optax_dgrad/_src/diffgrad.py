@@ -100,8 +100,9 @@ def scale_by_diffgrad(
         An :class:`optax.GradientTransformation` with state :class:`DiffGradState`.
 
     Raises:
-        ValueError: if ``b1`` or ``b2`` is not in [0, 1) or ``eps`` is negative or not
-            finite.
+        ValueError: if ``b1`` or ``b2`` is not in [0, 1), ``eps`` is negative or not
+            finite, or ``mu_dtype`` or ``nu_dtype`` is neither None nor a real
+            floating-point dtype.
         TypeError: from ``init`` (``update``) if a parameter (gradient) leaf is not of a
             real floating-point dtype; the message names the leaf and its dtype.
 
@@ -118,8 +119,8 @@ def scale_by_diffgrad(
     validation.check_decay_rate("b1", b1)
     validation.check_decay_rate("b2", b2)
     validation.check_non_negative("eps", eps)
-    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
-    nu_dtype = None if nu_dtype is None else jax.dtypes.canonicalize_dtype(nu_dtype)
+    mu_dtype = validation.moment_dtype("mu_dtype", mu_dtype)
+    nu_dtype = validation.moment_dtype("nu_dtype", nu_dtype)
 
     def init_fn(params):
         validation.check_float_leaves(params, "parameter", "scale_by_diffgrad")

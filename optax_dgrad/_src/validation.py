@@ -1,4 +1,5 @@
-"""Construction-time checks of hyperparameters, and the dtype check of parameter leaves.
+"""Construction-time checks of hyperparameters and moment dtypes, and the dtype check of
+parameter leaves.
 
 Hyperparameters are checked when they are concrete (Python or NumPy numbers, concrete JAX
 arrays): a non-finite value or one out of range is a ``ValueError`` naming the argument and
@@ -67,6 +68,28 @@ def check_normalization(value: Any) -> None:
         raise ValueError(
             f"`normalization` must be one of {NORMALIZATIONS}, got normalization={value!r}."
         )
+
+
+def moment_dtype(name: str, value: Any) -> np.dtype | None:
+    """``value`` as a canonical JAX dtype (None stays None).
+
+    Raises ValueError naming `name` unless ``value`` is None or a real floating-point dtype:
+    a stored moment holds an Adam moment, which an integer, bool or complex dtype cannot.
+    """
+    if value is None:
+        return None
+    try:
+        dtype = jax.dtypes.canonicalize_dtype(value)
+    except TypeError:  # not a dtype at all ("foo", 3)
+        shown = repr(value)
+    else:
+        if jnp.issubdtype(dtype, jnp.floating):
+            return dtype
+        shown = np.dtype(dtype).name
+    raise ValueError(
+        f"`{name}` must be None or a real floating-point dtype (float16, bfloat16, float32, "
+        f"float64), got {name}={shown}."
+    )
 
 
 def check_float_leaves(tree: Any, what: str, transform: str) -> None:
