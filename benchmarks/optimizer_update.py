@@ -205,14 +205,21 @@ def moment_dtypes(shapes):
     return rows
 
 
-def main():
+# A four-leaf tree for --smoke: every code path in seconds, the numbers meaningless.
+SMOKE_SHAPES = [(3, 3, 3, 8), (8,), (8, 10), (10,)]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per optimizer")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="the results JSON")
+    parser.add_argument("--smoke", action="store_true", help="a four-leaf tree instead of "
+                        "ResNet50's, to check the script itself (numbers meaningless)")  # fmt: skip
+    args = parser.parse_args(argv)
 
-    shapes = resnet50_shapes()
+    shapes = SMOKE_SHAPES if args.smoke else resnet50_shapes()
     n_params = sum(int(np.prod(s)) for s in shapes)
-    if n_params != RESNET50_PARAMETERS:
+    if not args.smoke and n_params != RESNET50_PARAMETERS:
         raise RuntimeError(f"ResNet50 tree has {n_params} parameters, expected 25,557,032")
     bytes_per_array = 4 * n_params
 
@@ -283,10 +290,11 @@ def main():
             f"{row['trajectory_error_float32']:.1e} | {row['trajectory_error_bfloat16']:.1e} |"
         )
 
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
         "parameters": n_params,
         "leaves": len(shapes),
+        "smoke": args.smoke,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "cpu": platform.processor() or platform.machine(),
@@ -301,7 +309,7 @@ def main():
         "rows": rows,
         "moment_dtypes": moments,
     }, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH}")
+    print(f"\nwrote {args.output}")
 
 
 if __name__ == "__main__":

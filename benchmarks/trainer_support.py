@@ -199,19 +199,14 @@ def optimizer_update(root: Path, repeats: int, smoke: bool, timeout: float,
     file (never over the committed CPU results); smoke shrinks its tree to four leaves."""
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "optimizer_update.json"
-        shrink = ("m.resnet50_shapes = lambda: [(3, 3, 3, 8), (8,), (8, 10), (10,)]; "
-                  "m.RESNET50_PARAMETERS = 314; ") if smoke else ""  # fmt: skip
-        script = root / "benchmarks" / "optimizer_update.py"  # by path: no package lookup
-        code = (f"import sys, importlib.util as u; from pathlib import Path; "
-                f"s = u.spec_from_file_location('optimizer_update', {str(script)!r}); "
-                f"m = u.module_from_spec(s); s.loader.exec_module(m); "
-                f"{shrink}m.RESULTS_PATH = Path({str(out)!r}); "
-                f"sys.argv = ['optimizer_update.py', '--repeats', '{repeats}']; m.main()")
+        script = root / "benchmarks" / "optimizer_update.py"
+        command = [sys.executable, str(script), "--repeats", str(repeats), "--output", str(out),
+                   *["--smoke"] * smoke]  # fmt: skip
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=path,
                    XLA_FLAGS=xla_flags)  # one host device, as in its own runs
         try:
-            result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, text=True,
+            result = subprocess.run(command, cwd=root, env=env, text=True,
                                     capture_output=True, timeout=timeout, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
             return dict(error=f"benchmarks/optimizer_update.py ran over {timeout:.0f} s")

@@ -66,7 +66,7 @@ References:
     <https://arxiv.org/abs/1909.11015>`_, 2019.
 """
 
-from optax_dgrad._src.alias import cos1, cos2, dgrad, diffgrad
+from optax_dgrad._src.alias import cos1, cos2, coupled_weight_decay, dgrad, diffgrad
 from optax_dgrad._src.cosine import scale_by_cos1, scale_by_cos2
 from optax_dgrad._src.cyclic import cos1_coefficient, cos2_coefficient, cyclic_decay
 from optax_dgrad._src.dgrad import DGradState, scale_by_dgrad
@@ -76,6 +76,7 @@ __all__ = [
     "DGradState",
     "DiffGradState",
     "cos1",
+    "coupled_weight_decay",
     "cos1_coefficient",
     "cos2",
     "cos2_coefficient",

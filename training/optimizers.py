@@ -31,10 +31,10 @@ class OptimizerEntry(NamedTuple):
 
 
 def _coupled_l2(weight_decay: Any, transformation: optax.GradientTransformation):
-    # A plain zero adds nothing; a swept (array) weight decay is always chained.
-    if isinstance(weight_decay, int | float) and weight_decay == 0:
-        return transformation
-    return optax.chain(optax.add_decayed_weights(weight_decay), transformation)
+    # optax_dgrad owns when the stage is left out; alone, the transformation keeps its own
+    # state layout (a chain of one would wrap it).
+    stages = optax_dgrad.coupled_weight_decay(weight_decay)
+    return optax.chain(*stages, transformation) if stages else transformation
 
 
 def _sgd(learning_rate, momentum, weight_decay):

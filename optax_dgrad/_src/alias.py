@@ -25,16 +25,45 @@ from optax_dgrad._src import dgrad as dgrad_lib
 from optax_dgrad._src import diffgrad as diffgrad_lib
 
 
+def coupled_weight_decay(weight_decay: Any) -> tuple[optax.GradientTransformation, ...]:
+    """The coupled-L2 stage that goes before an optimizer in a chain.
+
+    ``(optax.add_decayed_weights(weight_decay),)``: ``weight_decay * params`` added to the
+    gradient before the moments see it. A plain ``0`` (an int or float) gives ``()``, so
+    the chain's state and numbers are the optimizer's own and ``update`` needs no
+    ``params``; any other value, an injected or traced one included, keeps the stage.
+
+    Args:
+        weight_decay: the coupled L2 factor, >= 0.
+
+    Returns:
+        The transformations to put in front of the optimizer's in :func:`optax.chain`.
+
+    Raises:
+        ValueError: if a concrete ``weight_decay`` is negative or not finite.
+
+    Example:
+        >>> import optax
+        >>> import optax_dgrad
+        >>> len(optax_dgrad.coupled_weight_decay(0.0)), len(optax_dgrad.coupled_weight_decay(1e-4))
+        (0, 1)
+        >>> sgd = optax.chain(*optax_dgrad.coupled_weight_decay(1e-4), optax.sgd(0.1))
+    """
+    validation.check_non_negative("weight_decay", weight_decay)
+    if isinstance(weight_decay, int | float) and weight_decay == 0:
+        return ()
+    return (optax.add_decayed_weights(weight_decay),)
+
+
 def _chain(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: Any,
     scale_by: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
     validation.check_non_negative("learning_rate", learning_rate)
-    validation.check_non_negative("weight_decay", weight_decay)
-    is_plain_zero = isinstance(weight_decay, int | float) and weight_decay == 0
-    coupled_l2 = () if is_plain_zero else (optax.add_decayed_weights(weight_decay),)
-    return optax.chain(*coupled_l2, scale_by, optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        *coupled_weight_decay(weight_decay), scale_by, optax.scale_by_learning_rate(learning_rate)
+    )
 
 
 def diffgrad(
@@ -104,8 +133,8 @@ def dgrad(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
-    normalization: str = "leaf",
     *,
+    normalization: str = "leaf",
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The DGrad optimizer (Nanni et al. 2021, equations 12 to 14).
@@ -162,7 +191,9 @@ def dgrad(
     return _chain(
         learning_rate,
         weight_decay,
-        dgrad_lib.scale_by_dgrad(b1, b2, eps, mu_dtype, normalization, nu_dtype=nu_dtype),
+        dgrad_lib.scale_by_dgrad(
+            b1, b2, eps, mu_dtype, normalization=normalization, nu_dtype=nu_dtype
+        ),
     )
 
 
@@ -173,9 +204,9 @@ def cos1(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
     period: int = 30,
     normalization: str = "leaf",
-    *,
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Cos#1 optimizer (Nanni et al. 2021, equations 12 to 15).
@@ -230,7 +261,9 @@ def cos1(
     return _chain(
         learning_rate,
         weight_decay,
-        cosine.scale_by_cos1(b1, b2, eps, mu_dtype, period, normalization, nu_dtype=nu_dtype),
+        cosine.scale_by_cos1(
+            b1, b2, eps, mu_dtype, period=period, normalization=normalization, nu_dtype=nu_dtype
+        ),
     )
 
 
@@ -241,9 +274,9 @@ def cos2(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
     period: int = 30,
     normalization: str = "leaf",
-    *,
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Cos#2 optimizer (Nanni et al. 2021, equations 12 to 17).
@@ -300,5 +333,7 @@ def cos2(
     return _chain(
         learning_rate,
         weight_decay,
-        cosine.scale_by_cos2(b1, b2, eps, mu_dtype, period, normalization, nu_dtype=nu_dtype),
+        cosine.scale_by_cos2(
+            b1, b2, eps, mu_dtype, period=period, normalization=normalization, nu_dtype=nu_dtype
+        ),
     )

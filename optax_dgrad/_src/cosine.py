@@ -24,9 +24,9 @@ def scale_by_cos1(
     b2: float = 0.999,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
     period: int = 30,
     normalization: str = "leaf",
-    *,
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by Cos#1: Adam's direction times :math:`\sigma(4 c_t \hat D_t)`.
@@ -91,9 +91,9 @@ def scale_by_cos2(
     b2: float = 0.999,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
     period: int = 30,
     normalization: str = "leaf",
-    *,
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by Cos#2: Adam's direction times

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_dgrad._src import validation
+from optax_dgrad._src import tree_utils, validation
 
 #: Maps the step count t (after increment) to an elementwise friction of the normalised
 #: difference. Called once per update, so per-step scalars are computed once, not per leaf.
@@ -32,18 +32,6 @@ FrictionForStep = Callable[[jax.Array], Callable[[jax.Array], jax.Array]]
 #: is computed from the current gradient and second moment, so nothing more is stored, and
 #: optax tooling that knows :class:`optax.ScaleByAdamState` reads it as Adam's.
 DGradState = optax.ScaleByAdamState
-
-
-def _is_none(leaf) -> bool:
-    return leaf is None
-
-
-def _widened(moments, updates):
-    """``moments`` in the wider of their dtype and the gradient's (a no-op where they agree)."""
-    return jax.tree.map(
-        lambda m, g: None if g is None else m.astype(jnp.promote_types(m.dtype, g.dtype)),
-        moments, updates, is_leaf=_is_none,
-    )
 
 
 def _max_of_abs_difference(accumulated, element):
@@ -126,13 +114,15 @@ def scale_by_normalized_difference(
         count = optax.safe_increment(state.count)
         # Stored moments narrower than the gradient (mu_dtype, nu_dtype) are widened first, so
         # only storing them rounds: a bfloat16 b1 * mu would round once more every step.
-        mu = optax.tree.update_moment(updates, _widened(state.mu, updates), b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, _widened(state.nu, updates), b2, 2)
+        mu = optax.tree.update_moment(updates, tree_utils.widened(state.mu, updates), b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(
+            updates, tree_utils.widened(state.nu, updates), b2, 2
+        )
         # D_t = |g - v_t| is recomputed where it is used instead of stored: see
         # _leaf_max_abs_difference.
         max_difference = jax.tree.map(
             lambda g, v: None if g is None else _leaf_max_abs_difference(g, v),
-            updates, nu, is_leaf=_is_none,
+            updates, nu, is_leaf=tree_utils.is_none,
         )
         if normalization == "tree":
             # Leaf maxima are >= 0 (0 for an empty leaf); optax.tree.max starts at -inf.
@@ -153,7 +143,7 @@ def scale_by_normalized_difference(
             return (xi * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
 
         updates = jax.tree.map(
-            leaf_update, updates, max_difference, nu, mu_hat, nu_hat, is_leaf=_is_none
+            leaf_update, updates, max_difference, nu, mu_hat, nu_hat, is_leaf=tree_utils.is_none
         )
         return updates, optax.ScaleByAdamState(
             count=count,
@@ -174,8 +164,8 @@ def scale_by_dgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
-    normalization: str = "leaf",
     *,
+    normalization: str = "leaf",
     nu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by DGrad: Adam's direction times :math:`\sigma(4 \hat D_t)`.

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_dgrad._src import validation
+from optax_dgrad._src import tree_utils, validation
 
 
 class DiffGradState(NamedTuple):
@@ -37,18 +37,6 @@ class DiffGradState(NamedTuple):
     mu: optax.Updates
     nu: optax.Updates
     prev_grad: optax.Updates
-
-
-def _is_none(leaf) -> bool:
-    return leaf is None
-
-
-def _widened(moments, updates):
-    """``moments`` in the wider of their dtype and the gradient's (a no-op where they agree)."""
-    return jax.tree.map(
-        lambda m, g: None if g is None else m.astype(jnp.promote_types(m.dtype, g.dtype)),
-        moments, updates, is_leaf=_is_none,
-    )
 
 
 def _after(g: jax.Array, u: jax.Array) -> jax.Array:
@@ -137,8 +125,10 @@ def scale_by_diffgrad(
         count = optax.safe_increment(state.count)
         # Stored moments narrower than the gradient (mu_dtype, nu_dtype) are widened first, so
         # only storing them rounds: a bfloat16 b1 * mu would round once more every step.
-        mu = optax.tree.update_moment(updates, _widened(state.mu, updates), b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, _widened(state.nu, updates), b2, 2)
+        mu = optax.tree.update_moment(updates, tree_utils.widened(state.mu, updates), b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(
+            updates, tree_utils.widened(state.nu, updates), b2, 2
+        )
         mu_hat = optax.tree.bias_correction(mu, b1, count)
         nu_hat = optax.tree.bias_correction(nu, b2, count)
 
@@ -149,11 +139,11 @@ def scale_by_diffgrad(
             return (xi * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
 
         new_updates = jax.tree.map(
-            leaf_update, updates, state.prev_grad, mu_hat, nu_hat, is_leaf=_is_none
+            leaf_update, updates, state.prev_grad, mu_hat, nu_hat, is_leaf=tree_utils.is_none
         )
         prev_grad = jax.tree.map(
             lambda g, u: None if g is None else _after(g, u),
-            updates, new_updates, is_leaf=_is_none,
+            updates, new_updates, is_leaf=tree_utils.is_none,
         )
         return new_updates, DiffGradState(
             count=count,
