@@ -1,4 +1,4 @@
-"""Ensemble members: their state, their keys, and mapping a one-member function over them.
+"""Ensemble members: their state, their keys and data order, and ImageNet weights for all.
 
 Every random draw of a member is a function of (run seed, group, member index) and, for
 data order and augmentation, of (fold, epoch, step): the same config gives the same numbers
