@@ -8,6 +8,7 @@ group -> each group's result. The config stops here: the fold gets the fields it
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -220,8 +221,11 @@ def train_ensemble(
 
 
 def _name_group_checkpoints(run_dir: RunDirectory, fold: Fold, groups) -> None:
-    """Warns about checkpoints a trainer before one member axis kept per group: this one
-    cannot continue from them, so the fold trains from its start; they are kept."""
+    """Warns about checkpoints a trainer before one member axis kept per group, when the
+    fold has none of its own: this trainer cannot continue from them, so the fold trains
+    from its start; they are kept."""
+    if os.path.isdir(run_dir.checkpoint_dir(fold.index)):
+        return
     for path in group_checkpoint_dirs(run_dir.path, fold.index, [g.name for g in groups]):
         warn(
             f"warning: {path} holds a group's checkpoints from a trainer that kept one per "
