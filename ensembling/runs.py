@@ -27,6 +27,7 @@ from ensembling.score_files import (
     PARTIAL_SUFFIX,
     FoldScores,
     ScoreFileError,
+    expect,
     read_score_file,
 )
 from ensembling.specs import grid_point_group, paper_order, split_group
@@ -45,11 +46,6 @@ _FOLD_DIR = re.compile(r"fold(\d+)")
 
 class RunWarning(UserWarning):
     """A run directory that is read, but whose tables the reader should know more about."""
-
-
-def _expect(condition: bool, path: Path, problem: str) -> None:
-    if not condition:
-        raise ScoreFileError(f"{path}: {problem}")
 
 
 class GroupScores(NamedTuple):
@@ -284,7 +280,7 @@ def _read_group_file(path: Path, config: RunConfig, optimizer: str, fold: int) -
     """One group's score file of one fold, checked against its place and ``config.json``: the
     optimizer and fold, the sweep's names, the settings digest and the member count."""
     scores = read_score_file(path)
-    _expect(
+    expect(
         (scores.optimizer, scores.fold) == (optimizer, fold),
         path,
         f"holds optimizer={scores.optimizer!r} fold={scores.fold}; its place says "
@@ -294,7 +290,7 @@ def _read_group_file(path: Path, config: RunConfig, optimizer: str, fold: int) -
     _check_sweep_names(scores, sweep)
     if config.provenance is not None:
         digest = config.provenance.digest
-        _expect(
+        expect(
             scores.config_digest == digest,
             path,
             f"was trained with settings of digest {scores.config_digest}; this run's "
@@ -307,7 +303,7 @@ def _read_group_file(path: Path, config: RunConfig, optimizer: str, fold: int) -
         if sweep
         else ""
     )
-    _expect(
+    expect(
         scores.scores.shape[0] == members * n_points,
         path,
         f"{scores.scores.shape[0]} members; config.json says {members}{per_grid_point}",
@@ -319,14 +315,14 @@ def _check_sweep_names(scores: FoldScores, sweep: Mapping[str, Sequence[float]])
     """A sweep's file holds the sweep's hyperparameter names; another file holds none."""
     path, names = scores.path, scores.hyperparameter_names
     if not sweep:
-        _expect(
+        expect(
             not names,
             path,
             f"holds hyperparameters {list(names)}, but config.json has no 'sweep' (a sweep's "
             "score files hold them, other runs' files do not)",
         )
         return
-    _expect(
+    expect(
         set(names) == set(sweep),
         path,
         f"holds hyperparameters {list(names)}; config.json's 'sweep' varies {list(sweep)} "
@@ -352,7 +348,7 @@ def _grid_points(
     for start in range(0, scores.scores.shape[0], per_point):
         block = scores.hyperparameters[start : start + per_point]
         formatted = {tuple(map(format_hyperparameter, row)) for row in block}
-        _expect(
+        expect(
             len(formatted) == 1,
             path,
             f"members {start}..{start + per_point - 1} must be one grid point (config.json: "
@@ -361,14 +357,14 @@ def _grid_points(
         )
         (point,) = formatted
         for name, value in zip(names, point, strict=True):
-            _expect(
+            expect(
                 value in allowed[name],
                 path,
                 f"member {start}: {name}={value} is not among config.json's 'sweep' values "
                 f"{allowed[name]}",
             )
         group = grid_point_group(scores.optimizer, zip(names, point, strict=True))
-        _expect(
+        expect(
             group not in starts,
             path,
             f"grid point {group} holds members {starts.get(group)}.. and {start}..; each grid "

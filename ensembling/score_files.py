@@ -150,7 +150,8 @@ class FoldScores(NamedTuple):
         return self.hyperparameter_values
 
 
-def _expect(condition: bool, path: Path, problem: str) -> None:
+def expect(condition: bool, path: Path, problem: str) -> None:
+    """ScoreFileError naming ``path`` and ``problem`` unless ``condition`` holds."""
     if not condition:
         raise ScoreFileError(f"{path}: {problem}")
 
@@ -158,23 +159,23 @@ def _expect(condition: bool, path: Path, problem: str) -> None:
 def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
     """Checks a score file's arrays (read or about to be written); returns them typed."""
     missing = [key for key in SCORE_FILE_KEYS if key not in arrays]
-    _expect(
+    expect(
         not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
     )
     scores = arrays["scores"]
-    _expect(
+    expect(
         scores.ndim == 3 and np.issubdtype(scores.dtype, np.floating),
         path,
         f"'scores' must be float [members, n_test, n_classes], got {scores.dtype} {scores.shape}",
     )
     n_members, n_test, n_classes = scores.shape
-    _expect(n_members >= 1 and n_test >= 1, path, f"'scores' is empty: shape {scores.shape}")
-    _expect(n_classes >= 2, path, f"'scores' has {n_classes} class(es); need at least 2")
+    expect(n_members >= 1 and n_test >= 1, path, f"'scores' is empty: shape {scores.shape}")
+    expect(n_classes >= 2, path, f"'scores' has {n_classes} class(es); need at least 2")
     scores = scores.astype(np.float32, copy=False)  # what is written, and what is returned
 
     def vector(key: str, length: int, kind: str, what: str) -> np.ndarray:
         array = arrays[key]
-        _expect(
+        expect(
             array.ndim == 1 and array.shape[0] == length and array.dtype.kind in kind,
             path,
             f"{key!r} must be {what} [{length}], got {array.dtype} {array.shape}",
@@ -183,7 +184,7 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
 
     def scalar(key: str, kind: str, what: str):
         array = arrays[key]
-        _expect(
+        expect(
             array.ndim == 0 and array.dtype.kind in kind,
             path,
             f"{key!r} must be a 0-d {what}, got {array.dtype} {array.shape}",
@@ -199,20 +200,20 @@ def _checked(path: Path, arrays: dict[str, np.ndarray]) -> FoldScores:
     fold = int(scalar("fold", "iu", "integer"))
     dataset = scalar("dataset", "U", "str")
 
-    _expect(
+    expect(
         GROUP_NAME.fullmatch(optimizer) is not None,
         path,
         f"'optimizer' {optimizer!r} is not a group name (lower case: a letter, then letters, "
         "digits, '_' or '-')",
     )
-    _expect(fold >= 0, path, f"'fold' must be a fold number >= 0, got {fold}")
+    expect(fold >= 0, path, f"'fold' must be a fold number >= 0, got {fold}")
     bad_labels = labels[(labels < 0) | (labels >= n_classes)]
-    _expect(
+    expect(
         bad_labels.size == 0,
         path,
         f"labels {sorted(set(bad_labels.tolist()))[:5]} outside the {n_classes} classes",
     )
-    _expect(
+    expect(
         np.unique(test_indices).size == n_test and test_indices.min() >= 0,
         path,
         "'test_indices' must be distinct non-negative indices",
@@ -243,13 +244,13 @@ def _probability_rows(path: Path, key: str, scores: np.ndarray, diverged: np.nda
     """Every non-diverged member's rows of ``scores`` are finite probability vectors."""
     for member in np.flatnonzero(~diverged):
         member_scores = scores[member].astype(np.float64)
-        _expect(
+        expect(
             bool(np.all(np.isfinite(member_scores))),
             path,
             f"member {member} has non-finite {key} but is not marked diverged",
         )
         row_sums = member_scores.sum(axis=-1)
-        _expect(
+        expect(
             member_scores.min() >= -PROBABILITY_TOLERANCE
             and np.abs(row_sums - 1).max() <= PROBABILITY_TOLERANCE,
             path,
@@ -270,7 +271,7 @@ def _checked_validation(
     if not present:
         return {}
     absent = [key for key in VALIDATION_KEYS if key not in arrays]
-    _expect(
+    expect(
         not absent,
         path,
         f"holds {present} without {absent}; a file with a validation split holds all of "
@@ -278,7 +279,7 @@ def _checked_validation(
     )
     scores = arrays["validation_scores"]
     members, n_classes = len(diverged), len(class_names)
-    _expect(
+    expect(
         scores.ndim == 3
         and np.issubdtype(scores.dtype, np.floating)
         and scores.shape[0] == members
@@ -291,17 +292,17 @@ def _checked_validation(
     n_val = scores.shape[1]
     labels, indices = arrays["validation_labels"], arrays["validation_indices"]
     for key, array in (("validation_labels", labels), ("validation_indices", indices)):
-        _expect(
+        expect(
             array.ndim == 1 and array.shape[0] == n_val and array.dtype.kind in "iu",
             path,
             f"{key!r} must be integer [{n_val}], got {array.dtype} {array.shape}",
         )
-    _expect(
+    expect(
         bool(np.all((labels >= 0) & (labels < n_classes))),
         path,
         f"'validation_labels' outside the {n_classes} classes",
     )
-    _expect(
+    expect(
         np.unique(indices).size == n_val and not np.intersect1d(indices, test_indices).size,
         path,
         "'validation_indices' must be distinct and none of them a test index",
@@ -329,7 +330,7 @@ def _checked_hyperparameters(
             f"both {list(HYPERPARAMETER_KEYS)}, other files neither"
         )
     names_array, values = arrays["hyperparameter_names"], arrays["hyperparameter_values"]
-    _expect(
+    expect(
         names_array.ndim == 1 and names_array.size >= 1 and names_array.dtype.kind == "U",
         path,
         "'hyperparameter_names' must be a non-empty unicode array [H], got "
@@ -337,14 +338,14 @@ def _checked_hyperparameters(
     )
     names = tuple(str(name) for name in names_array)
     unknown = [name for name in names if name not in SWEEPABLE]
-    _expect(
+    expect(
         not unknown,
         path,
         f"'hyperparameter_names' {unknown} not among the sweepable {list(SWEEPABLE)}",
     )
     repeated = sorted({name for name in names if names.count(name) > 1})
-    _expect(not repeated, path, f"'hyperparameter_names' repeats {repeated}")
-    _expect(
+    expect(not repeated, path, f"'hyperparameter_names' repeats {repeated}")
+    expect(
         values.shape == (n_members, len(names)) and values.dtype.kind in "fiu",
         path,
         f"'hyperparameter_values' must be float [members={n_members}, H={len(names)}] (one "
@@ -419,7 +420,7 @@ def read_score_file(path: str | Path) -> FoldScores:
         raise ScoreFileError(f"{path}: a bare .npy array, not an .npz archive of named arrays")
     with archive:
         missing = [key for key in SCORE_FILE_KEYS if key not in archive.files]
-        _expect(
+        expect(
             not missing, path, f"missing keys {missing}; a score file holds {list(SCORE_FILE_KEYS)}"
         )
         try:
@@ -439,7 +440,7 @@ def _hyperparameter_arrays(
     path: Path, hyperparameters: Mapping[str, Sequence[float]], n_members: int
 ) -> dict[str, np.ndarray]:
     """``write_score_file``'s ``hyperparameters`` as the file's two arrays (checked there)."""
-    _expect(
+    expect(
         isinstance(hyperparameters, Mapping),
         path,
         "'hyperparameters' must map names to per-member values, e.g. "
@@ -447,13 +448,13 @@ def _hyperparameter_arrays(
     )
     columns = []
     for name, values in hyperparameters.items():
-        _expect(
+        expect(
             isinstance(name, str),
             path,
             f"hyperparameter name {name!r} is not a string (one of {list(SWEEPABLE)})",
         )
         column = np.asarray(values)
-        _expect(
+        expect(
             column.ndim == 1 and column.shape[0] == n_members and column.dtype.kind in "fiu",
             path,
             f"hyperparameter {name!r} must have one number per member ({n_members}), got "
@@ -540,7 +541,7 @@ def write_score_file(
         for key in ("scores", "labels", "indices"):
             arrays[f"validation_{key}"] = np.asarray(validation[key])
     checked = _checked(path, arrays)
-    _expect(
+    expect(
         path.name == os.path.basename(scores_path("", checked.fold, checked.optimizer)),
         path,
         f"a score file of group {checked.optimizer!r} must be named {checked.optimizer}.npz "
