@@ -33,11 +33,11 @@ def test_a_member_trains_as_it_does_alone_beside_other_groups(shared_runs):
         )
 
 
-def test_vmap_trains_every_group_in_one_program_with_the_same_numbers(tmp_path, shared_runs):
+def test_vmap_trains_every_group_in_one_program_with_the_same_numbers(shared_runs):
     # Under vmap each member's optimizer is picked by its rule among all the run's (every
     # update computed, one kept); the convolutions are grouped over the members, which sums
     # in another order than loop: within the spread two strategies show.
-    together = run(tmp_path, small_digits(), "vmap", strategy="vmap", **TOGETHER)
+    together = shared_runs.finished(strategy="vmap", **TOGETHER)
     assert together.strategy == "vmap"
     for group in TOGETHER["optimizers"]:
         np.testing.assert_allclose(
