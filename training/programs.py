@@ -93,11 +93,14 @@ def over_members(fn: Callable, chunk: int | None, in_axes: Sequence[int | None])
     return one
 
 
-def chunk_at(fn: Callable, chunk: int, in_axes: Sequence[int | None]) -> Callable:
+def chunk_at(
+    fn: Callable, chunk: int, in_axes: Sequence[int | None], *, write_back: bool = True
+) -> Callable:
     """``fn(*args)`` on the ``chunk`` members from ``first`` on: the result takes ``first``,
     a traced int32 scalar, as one more argument, so one program serves every chunk whatever
-    the member count. ``fn``'s ``(state, metrics)`` outputs are written back into the whole
-    first two arguments (in place when both are donated)."""
+    the member count. With ``write_back``, ``fn``'s ``(state, metrics)`` outputs are written
+    into the whole first two arguments (in place when both are donated); without, the
+    chunk's outputs are returned (a prediction)."""
 
     def at(*args):
         *args, first = args
@@ -107,13 +110,15 @@ def chunk_at(fn: Callable, chunk: int, in_axes: Sequence[int | None]) -> Callabl
             else a
             for a, axis in zip(args, in_axes, strict=True)
         ]
+        if not write_back:
+            return fn(*picked)
         return jax.tree.map(
             lambda whole, part: jax.lax.dynamic_update_slice_in_dim(whole, part, first, 0),
             (args[0], args[1]),
             fn(*picked),
         )
 
-    at.__name__ = f"{getattr(fn, '__name__', 'fn')}_chunk"
+    at.__name__ = f"{getattr(fn, '__name__', 'fn')}_chunk"  # names it in profiles
     return at
 
 
@@ -425,7 +430,8 @@ class ModelPrograms:
         predict = over_members(self._member_predict, spec.chunk, PREDICT_AXES)
         axes = PREDICT_AXES
         if spec.chunk is not None:
-            predict, axes = _predict_at(predict, spec.chunk), (*PREDICT_AXES, None)
+            predict = chunk_at(predict, spec.chunk, PREDICT_AXES, write_back=False)
+            axes = (*PREDICT_AXES, None)
         self._predict = jax.jit(over_mesh(predict, spec.mesh, axes, P(MEMBER_AXIS, DATA_AXIS)))
 
     def predict(self, variables: tuple[Any, Any], images: jax.Array) -> np.ndarray:
@@ -468,18 +474,6 @@ def model_programs(spec: ProgramSpec) -> ModelPrograms:
 
 # One program stacks every leaf (a jnp.stack per leaf would compile one program per shape).
 _stack_on_device = jax.jit(stack_members)
-
-
-def _predict_at(predict: Callable, chunk: int) -> Callable:
-    """``predict`` on the ``chunk`` members from ``first`` on (its last argument)."""
-
-    def at(variables, images, first):
-        picked = jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, first, chunk),
-                              variables)  # fmt: skip
-        return predict(picked, images)
-
-    at.__name__ = f"{getattr(predict, '__name__', 'predict')}_chunk"  # names it in profiles
-    return at
 
 
 @functools.lru_cache(maxsize=16)  # bounds the compiled code kept alive
