@@ -20,8 +20,8 @@ import jax
 from rundir import write_atomically
 
 HELA = dict(images=862, folds=5, epochs=20, groups=(14, 7, 7, 14, 7, 7))  # 56 members
-GROWS = {"loop", "sharded"}  # strategies whose program (and compile) grows with N
 HYBRIDS = {"map": 1, "map-vmap2": 2}  # benchmark-only: lax.map over chunks of this size
+
 
 def ensemble_efficiency(members: int, single_step_s: float, group_step_s: float) -> float:
     """E(N) = N * t_single / t_group: above 1, a group of N beats N members one by one."""
@@ -51,21 +51,17 @@ def hela_experiment_s(step_s: dict, compile_s: dict, batch: int, *, groups=HELA[
     )  # fmt: skip
 
 
-def estimate_compile_s(measured: dict, members: int, grows: bool, fallback: float) -> float:
-    """A row's compile time from the same strategy's measured ``{N: seconds}``.
-
-    Growing programs (members written out): a line through the two largest measured N, its
-    slope at least 0; with one point, proportional to N (conservative). Others: the largest
-    measured, or ``fallback`` when the strategy has no measurement yet.
+def estimate_compile_s(measured: dict, members: int, fallback: float) -> float:
+    """A row's compile time from the same strategy's measured ``{N: seconds}``: a line
+    through the two largest measured N, its slope at least 0 (every strategy compiles one
+    program whatever N, but a bigger stacked state compiles a little longer); with one
+    point, that point; with none, ``fallback``.
     """
     if not measured:
-        return fallback * (members if grows else 1)
-    if not grows:
-        return max(measured.values())
+        return fallback
     points = sorted(measured.items())[-2:]
     if len(points) == 1:
-        (n, seconds), = points
-        return seconds * members / n
+        return points[0][1]
     (n1, c1), (n2, c2) = points
     return max(c2 + max((c2 - c1) / (n2 - n1), 0.0) * (members - n2), 0.0)
 
@@ -112,11 +108,11 @@ def compiled_bytes(compiled) -> float | None:
                  - size("alias_size_in_bytes") + size("temp_size_in_bytes"))  # fmt: skip
 
 
-
 def recommend(efficiency_rows: list, step_loop_rows: list, members: int = 7) -> dict:
     """The member strategy with the best E(members) among checked rows (falling back to the
     largest N measured), the same among trainer strategies (benchmark-only candidates left
-    out), and the fastest step loop."""
+    out; ``loop`` where the best is below 1, since ``loop`` runs the members one by one
+    whether or not its row at that N was measured), and the fastest step loop."""
 
     def best(rows):
         n = members if any(r["members"] == members for r in rows) else max(
@@ -129,6 +125,8 @@ def recommend(efficiency_rows: list, step_loop_rows: list, members: int = 7) -> 
     n, top = best(ok)
     trainer = [r for r in ok if not r["benchmark_only"]]
     n_trainer, chosen = best(trainer) if trainer else (None, {})
+    if chosen.get("efficiency", 1.0) < 1.0:  # slower than its members one by one: loop is that
+        chosen = dict(strategy="loop", efficiency=None)
     loops = [r for r in step_loop_rows if "step_ms" in r and r["check"]["ok"]]
     fastest = min(loops, key=lambda r: r["step_ms"]) if loops else {}
     return dict(
@@ -154,15 +152,13 @@ def hela_estimates(rows: list, batch: int, init_s: float, predict: dict) -> dict
             largest = max(measured)
             step_s[n] = measured[largest]["step_ms"] / 1e3 * n / largest
             compile_s[n] = estimate_compile_s({k: r["compile_s"] for k, r in measured.items()},
-                                              n, strategy in GROWS, 0.0)  # fmt: skip
+                                              n, 0.0)  # fmt: skip
             extrapolated.append(n)
         seconds = hela_experiment_s(
             step_s, compile_s, batch, per_group_s=init_s + predict.get("compile_s", 0.0),
             eval_s_per_member=predict.get("seconds_per_member", 0.0))  # fmt: skip
         out[strategy] = dict(minutes=seconds / 60, extrapolated_members=extrapolated)
     return out
-
-
 
 
 def row_cap(suite: dict, single: dict) -> float:
@@ -193,8 +189,7 @@ def version(package: str) -> str | None:
         return None
 
 
-def optimizer_update(root: Path, repeats: int, smoke: bool, timeout: float,
-                     xla_flags: str) -> dict:
+def optimizer_update(root: Path, repeats: int, smoke: bool, timeout: float, xla_flags: str) -> dict:
     """Runs benchmarks/optimizer_update.py in a subprocess, writing its JSON to a temporary
     file (never over the committed CPU results); smoke shrinks its tree to four leaves."""
     with tempfile.TemporaryDirectory() as directory:
@@ -203,8 +198,9 @@ def optimizer_update(root: Path, repeats: int, smoke: bool, timeout: float,
         command = [sys.executable, str(script), "--repeats", str(repeats), "--output", str(out),
                    *["--smoke"] * smoke]  # fmt: skip
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=path,
-                   XLA_FLAGS=xla_flags)  # one host device, as in its own runs
+        env = dict(
+            os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=path, XLA_FLAGS=xla_flags
+        )  # one host device, as in its own runs
         try:
             result = subprocess.run(command, cwd=root, env=env, text=True,
                                     capture_output=True, timeout=timeout, check=False)  # fmt: skip

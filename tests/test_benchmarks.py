@@ -44,11 +44,11 @@ def test_hela_experiment_time():
 
 
 def test_compile_estimates_and_skipping():
-    assert ts.estimate_compile_s({1: 10.0}, 7, True, 0.0) == pytest.approx(70.0)
-    assert ts.estimate_compile_s({1: 10.0, 2: 14.0}, 7, True, 0.0) == pytest.approx(34.0)
-    assert ts.estimate_compile_s({1: 10.0, 2: 9.0}, 7, True, 0.0) == pytest.approx(9.0)
-    assert ts.estimate_compile_s({1: 12.0, 2: 15.0}, 14, False, 0.0) == pytest.approx(15.0)
-    assert ts.estimate_compile_s({}, 7, False, 20.0) == pytest.approx(20.0)
+    assert ts.estimate_compile_s({1: 10.0}, 7, 0.0) == pytest.approx(10.0)
+    assert ts.estimate_compile_s({1: 10.0, 2: 14.0}, 7, 0.0) == pytest.approx(34.0)
+    assert ts.estimate_compile_s({1: 10.0, 2: 9.0}, 7, 0.0) == pytest.approx(9.0)
+    assert ts.estimate_compile_s({1: 12.0, 2: 15.0, 4: 15.0}, 14, 0.0) == pytest.approx(15.0)
+    assert ts.estimate_compile_s({}, 7, 20.0) == pytest.approx(20.0)
     assert ts.skip_reason(10.0, 100.0, 20.0, 50.0) is None
     assert "per-row cap" in ts.skip_reason(60.0, 100.0, 0.0, 50.0)
     assert "budget" in ts.skip_reason(40.0, 50.0, 20.0, 100.0)
@@ -94,6 +94,39 @@ def test_parse_rows_and_recommendation():
     # vmap's check failed; map is best but benchmark-only, so the trainer gets loop
     assert (chosen["by"], chosen["best"], chosen["member_strategy"]) == ("E(7)", "map", "loop")
     assert (chosen["step_loop"], chosen["scan_unroll"]) == ("scan", 1)
+    # The H200's rows: loop measured at N=1 only, vmap at 7 slower than one by one.
+    gpu = ts.recommend([row("loop", 1, 1.0), row("vmap", 7, 0.43), row("vmap", 14, 0.45)], [])
+    assert (gpu["by"], gpu["best"], gpu["member_strategy"]) == ("E(7)", "vmap", "loop")
+
+
+def test_check_against_the_reference_and_its_nudge():
+    import numpy as np
+    import trainer_suite
+
+    lr = 1e-3
+    bench = type("Bench", (), {"config": type("Config", (), dict(learning_rate=lr,
+                                                                 dtype="float32"))})  # fmt: skip
+    ref_params, ref_losses = {"w": np.zeros((1, 8), np.float32)}, np.array([2.0])
+    # One entry of eight a tenth of lr or more away, one a twentieth: 7/8 within lr/10.
+    moved = {"w": np.array([[0, lr / 20, 0, lr, 0, 0, 0, 0]], np.float32)}
+    seen = trainer_suite.differences(ref_params, ref_losses, moved, np.array([2.002]), lr)
+    assert seen["close_fraction"] == pytest.approx(7 / 8)
+    assert seen["max_param_difference"] == pytest.approx(lr)
+    assert seen["loss_relative"] == pytest.approx(1e-3)
+
+    def check(params, losses, nudged_close, nudged_loss):
+        nudged = dict(close_fraction=nudged_close, loss_relative=nudged_loss)
+        reference = trainer_suite.Reference(ref_params, ref_losses, nudged)
+        return trainer_suite.check_against(reference, params, losses, 1, bench)["ok"]
+
+    everywhere = {"w": np.full((1, 8), lr, np.float32)}  # what wrong data or keys do
+    assert check(ref_params, ref_losses, 1.0, 0.0)
+    assert not check(everywhere, ref_losses, 1.0, 0.0)
+    assert not check(ref_params, np.array([2.002]), 1.0, 0.0)  # loss off by 1e-3 > 1e-4
+    assert not check({"w": np.full((1, 8), 3 * lr, np.float32)}, ref_losses, 0.0, 1.0)
+    # Where a one-ulp nudge moves half the parameters, the check cannot tell, and passes.
+    assert check(everywhere, np.array([2.002]), 0.5, 1e-3)
+    assert trainer_suite.check_against(None, ref_params, ref_losses, 1, bench)["ok"]
 
 
 def _smoke(tmp_path, *args):
@@ -129,7 +162,7 @@ def _measured(report, strategy, members):
 
 @pytest.mark.slow
 def test_gpu_suite_smoke(tmp_path):
-    report, imported = _smoke(tmp_path, "--suite", "gpu", "--rows", "1:loop;3:map-vmap2;200:loop",
+    report, imported = _smoke(tmp_path, "--suite", "gpu", "--rows", "1:loop;3:map-vmap2;20000:loop",
                               "--unrolls", "1")
     assert imported == ""  # nothing even tried to import a missing package
     assert report["smoke"] and "meaningless" in report["note"]
@@ -145,7 +178,7 @@ def test_gpu_suite_smoke(tmp_path):
             assert _finite(row[key]), (row["strategy"], key, row[key])
         assert "device_peak_delta_mb_per_member" in row and "mfu_datasheet" in row
     assert _finite(single["xla_flops_per_image"]) and single["xla_flops_per_image"] > 0
-    skipped = [r for r in report["efficiency"] if r["members"] == 200]
+    skipped = [r for r in report["efficiency"] if r["members"] == 20000]
     assert "per-row cap" in skipped[0]["skipped"]
     loops = {(r["loop"], r["unroll"]): r for r in report["step_loop"]}
     assert all(_finite(loops[key]["step_ms"]) for key in (("python", None), ("scan", 1)))
