@@ -4,9 +4,9 @@
 # The suite stops starting rows after --budget-s (300 s; the whole-ensemble rows have 120 s
 # more) and rewrites its JSON after every row, so `timeout 450` (a hard stop well inside the
 # tool's 480 s) still leaves results;
-# 480 s + about 2 minutes of machine start leaves room for one rerun in 15 minutes.
+# 480 s + the machine's start (28 s on 2026-11-30) leaves room for one rerun in 15 minutes.
 # Extra arguments go to the suite, e.g. a rerun filling skipped rows:
-#   bash benchmarks/run_on_h200.sh --rows '14:loop' --skip optimizer step_loop
+#   bash benchmarks/run_on_h200.sh --rows '14:loop' --skip optimizer step_loop ensemble
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
