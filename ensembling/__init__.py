@@ -79,8 +79,8 @@ from ensembling.report import (
     sweep_markdown,
     table1_markdown,
     table2_markdown,
-    write_tables,
 )
+from ensembling.result_files import write_tables
 from ensembling.runs import (
     DatasetScores,
     GroupScores,

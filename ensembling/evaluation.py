@@ -3,7 +3,7 @@
 ``evaluate_runs`` computes what ``ensemble.py`` prints and writes, before any of it is
 printed or written: Table 1 and Table 2, the sweep table, the ensembles chosen and calibrated
 on validation rows, and the bootstrap interval of every row. ``report.markdown_report`` and
-``report.write_tables`` render the result; the plots draw parts of it.
+``result_files.write_tables`` render the result; the plots draw parts of it.
 """
 
 from collections.abc import Mapping, Sequence

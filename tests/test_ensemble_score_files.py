@@ -319,9 +319,9 @@ def test_class_names_disagreeing_across_folds(tmp_path):
         scores,
         LABELS[6:],
         np.arange(6, 12),
-        "sgd",
-        1,
-        "hela",
+        optimizer="sgd",
+        fold=1,
+        dataset="hela",
         class_names=("a", "b", "x"),
     )
     with pytest.raises(
@@ -334,7 +334,15 @@ def test_class_names_disagreeing_across_folds(tmp_path):
 def test_a_sample_in_two_folds(tmp_path):
     run = write_run(tmp_path / "r", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
     scores = hela_groups()["sgd"][:, 6:]
-    write_fold(_fold_file(run, 1), scores, LABELS[6:], np.arange(5, 11), "sgd", 1, "hela")
+    write_fold(
+        _fold_file(run, 1),
+        scores,
+        LABELS[6:],
+        np.arange(5, 11),
+        optimizer="sgd",
+        fold=1,
+        dataset="hela",
+    )
     with pytest.raises(ensembling.ScoreFileError, match="both hold test index 5"):
         ensembling.load_run(run)
 
@@ -343,7 +351,13 @@ def test_score_files_disagreeing_with_the_run(hela_run):
     config = hela_run / "config.json"
     scores = hela_groups()["dgrad"][:, 6:]
     write_fold(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "bg"
+        _fold_file(hela_run, 1, "dgrad"),
+        scores,
+        LABELS[6:],
+        np.arange(6, 12),
+        optimizer="dgrad",
+        fold=1,
+        dataset="bg",
     )
     with pytest.raises(
         ensembling.ScoreFileError,
@@ -351,7 +365,13 @@ def test_score_files_disagreeing_with_the_run(hela_run):
     ):
         ensembling.load_run(hela_run)
     write_fold(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 0, "hela"
+        _fold_file(hela_run, 1, "dgrad"),
+        scores,
+        LABELS[6:],
+        np.arange(6, 12),
+        optimizer="dgrad",
+        fold=0,
+        dataset="hela",
     )
     with pytest.raises(
         ensembling.ScoreFileError,
@@ -359,7 +379,13 @@ def test_score_files_disagreeing_with_the_run(hela_run):
     ):
         ensembling.load_run(hela_run)
     write_fold(
-        _fold_file(hela_run, 1, "dgrad"), scores, LABELS[6:], np.arange(6, 12), "dgrad", 1, "hela"
+        _fold_file(hela_run, 1, "dgrad"),
+        scores,
+        LABELS[6:],
+        np.arange(6, 12),
+        optimizer="dgrad",
+        fold=1,
+        dataset="hela",
     )
     config.write_text(
         json.dumps({"dataset": "hela", "seed": 0, "optimizers": {"sgd": 14, "dgrad": 8, "cos1": 7}})
