@@ -93,38 +93,44 @@ def over_members(fn: Callable, chunk: int | None, in_axes: Sequence[int | None])
     return one
 
 
-def chunk_at(fn: Callable, chunk: int, in_axes: Sequence[int | None]) -> Callable:
+def chunk_at(
+    fn: Callable, chunk: int, in_axes: Sequence[int | None], *, write_back: bool = True
+) -> Callable:
     """``fn(*args)`` on the ``chunk`` members from ``first`` on: the result takes ``first``,
     a traced int32 scalar, as one more argument, so one program serves every chunk whatever
-    the member count. It returns the chunk's outputs; :func:`write_chunk` puts a step's
-    back into the stacked arrays."""
+    the member count. With ``write_back``, ``fn``'s ``(state, metrics)`` outputs are written
+    into the whole first two arguments (in place when both are donated); without, the
+    chunk's outputs are returned (a prediction).
+
+    With ``write_back`` the chunk is sliced out inside a ``lax.cond`` (always true): that
+    makes XLA store the slices before anything uses them. Fused into their users instead, a
+    read of one stacked array (a member's old moment) sat in the write of another (its
+    parameters), XLA could not order the writes, and it copied every stacked array whole,
+    twice, on each call (docs/training.md, "One member axis for the whole run").
+    """
 
     def at(*args):
         *args, first = args
-        picked = [
-            jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, first, chunk), a)
-            if axis == 0
-            else a
-            for a, axis in zip(args, in_axes, strict=True)
-        ]
-        return fn(*picked)
+
+        def pick():
+            return [
+                jax.tree.map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, first, chunk), a)
+                for a, axis in zip(args, in_axes, strict=True)
+                if axis == 0
+            ]
+
+        chunks = iter(jax.lax.cond(first >= 0, pick, pick) if write_back else pick())
+        picked = [next(chunks) if axis == 0 else a for a, axis in zip(args, in_axes, strict=True)]
+        if not write_back:
+            return fn(*picked)
+        return jax.tree.map(
+            lambda whole, part: jax.lax.dynamic_update_slice_in_dim(whole, part, first, 0),
+            (args[0], args[1]),
+            fn(*picked),
+        )
 
     at.__name__ = f"{getattr(fn, '__name__', 'fn')}_chunk"  # names it in profiles
     return at
-
-
-def write_chunk(whole: Any, part: Any, first: jax.Array) -> Any:
-    """``whole`` with ``part``'s members written from slot ``first`` on: in place when
-    ``whole`` is donated.
-
-    A program of its own, not the end of the chunk's step: there, XLA fuses a read of one
-    stacked array (the member's old moment, say) into the write of another, cannot order
-    the two writes, and copies every stacked array whole, twice, on each call
-    (docs/training.md, "Chunks are written back by a program of their own").
-    """
-    return jax.tree.map(
-        lambda leaf, new: jax.lax.dynamic_update_slice_in_dim(leaf, new, first, 0), whole, part
-    )
 
 
 class GroupData(NamedTuple):
@@ -241,23 +247,17 @@ class RunPrograms:
         self._init_optimizer = jax.jit(self._member_init_optimizer)
         self._step = over_members(self._member_step, spec.chunk, STEP_AXES)
         # The jitted programs themselves (with a chunk, each takes the chunk's first slot
-        # last and returns the chunk's state and metrics); train_step and train_epoch run
-        # them over every chunk, writing each chunk back with _write_chunk.
+        # last); train_step and train_epoch run them over every chunk.
         self.step_program = self._program(self._step, STEP_AXES)
-        self._write_chunk = jax.jit(
-            over_mesh(write_chunk, spec.mesh, (0, 0, None), STEP_OUT_SPECS), donate_argnums=0
-        )
         self._epochs: dict[int, Callable] = {}
 
     def _program(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
-        """``fn`` (state, metrics, ... -> state, metrics) jitted over the mesh: on all
-        members at once, state and metrics donated, or, with a chunk, on the chunk from its
-        last argument on, returning the chunk's (``run_chunks`` writes it back)."""
-        if self.spec.chunk is None:
-            return jax.jit(over_mesh(fn, self.spec.mesh, in_axes, STEP_OUT_SPECS),
-                           donate_argnums=(0, 1))  # fmt: skip
-        fn, in_axes = chunk_at(fn, self.spec.chunk, in_axes), (*in_axes, None)
-        return jax.jit(over_mesh(fn, self.spec.mesh, in_axes, STEP_OUT_SPECS))
+        """``fn`` (state, metrics, ... -> state, metrics) jitted over the mesh, on all
+        members at once or, with a chunk, on the chunk from its last argument on."""
+        if self.spec.chunk is not None:
+            fn, in_axes = chunk_at(fn, self.spec.chunk, in_axes), (*in_axes, None)
+        program = over_mesh(fn, self.spec.mesh, in_axes, STEP_OUT_SPECS)
+        return jax.jit(program, donate_argnums=(0, 1))
 
     def init(self, keys: jax.Array, swept_values: jax.Array | None = None) -> MemberState:
         """Stacked member states from init keys [slots] and swept values [slots, swept]."""
@@ -313,14 +313,12 @@ class RunPrograms:
         return run_epoch
 
     def run_chunks(self, program: Callable, state: MemberState, metrics, *args):
-        """A step or epoch ``program`` on all members at once, or on each chunk in turn,
-        each chunk's result written back in place (state and metrics are donated)."""
+        """A step or epoch ``program`` on all members at once, or on each chunk in turn."""
         if self.spec.chunk is None:
             return program(state, metrics, *args)
         local = jax.tree.leaves(state.params)[0].shape[0] // self.spec.member_rows
         for first in self._chunk_starts(local):
-            chunk = program(state, metrics, *args, first)
-            state, metrics = self._write_chunk((state, metrics), chunk, first)
+            state, metrics = program(state, metrics, *args, first)
         return state, metrics
 
     @functools.cache  # noqa: B019  (one tuple per slot count, kept with the programs)
@@ -443,7 +441,7 @@ class ModelPrograms:
         predict = over_members(self._member_predict, spec.chunk, PREDICT_AXES)
         axes = PREDICT_AXES
         if spec.chunk is not None:
-            predict = chunk_at(predict, spec.chunk, PREDICT_AXES)
+            predict = chunk_at(predict, spec.chunk, PREDICT_AXES, write_back=False)
             axes = (*PREDICT_AXES, None)
         self._predict = jax.jit(over_mesh(predict, spec.mesh, axes, P(MEMBER_AXIS, DATA_AXIS)))
 
