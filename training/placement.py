@@ -2,7 +2,7 @@
 
 ``auto`` resolves per backend from measurements (``benchmarks/trainer.py``; the numbers are
 in ``docs/performance.md``). On XLA:CPU a vmapped convolution runs as a slow grouped
-convolution (E(N) 0.17-0.27 against 0.94-1.17 for members written out one after another),
+convolution (E(N) 0.18-0.33 against 1.01-1.03 for one member's program called per member),
 and a train step inside a ``lax.scan`` without unrolling hits a slow weight-gradient layout
 (jax-ml/jax#12868, 20x). On one H200 (ResNet50, 224 px, batch 30, bfloat16) the vmapped
 members ran at E(7) 0.43, E(14) 0.45 and all 56 of the paper's in chunks of 14 at E 0.32, so
