@@ -230,10 +230,11 @@ def differences(ref_params, ref_losses, params, losses, lr: float) -> dict:
     )  # fmt: skip
 
 
-def reference_of(bench: Bench, run, fresh_inputs, steps: int) -> Reference:
+def reference_of(bench: Bench, run, fresh_inputs, steps: int, known=None) -> Reference:
     """``run(state, metrics, orders, step, keys, data)`` for ``steps`` steps from
     ``fresh_inputs()`` and from ``nudged(fresh_inputs())`` (each run donates its inputs):
-    the reference and its sensitivity."""
+    the reference and its sensitivity. ``known``: the un-nudged run's ``(params, losses)``,
+    where the caller has them already."""
 
     def trained(state, metrics, orders, keys, data):
         for i in range(steps):
@@ -242,7 +243,7 @@ def reference_of(bench: Bench, run, fresh_inputs, steps: int) -> Reference:
         params = jax.tree.map(lambda leaf: jnp.copy(leaf[:members]), state.params)
         return params, np.asarray(metrics[:members, 0])
 
-    params, losses = trained(*fresh_inputs())
+    params, losses = known if known is not None else trained(*fresh_inputs())
     lr = bench.config.learning_rate
     sensitivity = differences(params, losses, *trained(*nudged(fresh_inputs())), lr)
     return Reference(params, losses, sensitivity)
@@ -383,7 +384,8 @@ def efficiency(
                 row[name] = ts.mfu(row["images_per_s"], single["xla_flops_per_image"], peak)
             if strategy == "loop" and (reference is None or members > len(reference.losses)):
                 inputs = partial(bench.inputs, bench.placement("loop", "python", members))
-                reference = reference_of(bench, run, inputs, timing["check_steps"])
+                reference = reference_of(bench, run, inputs, timing["check_steps"],
+                                         known=(params, losses))  # fmt: skip
             if strategy == "loop" and members == loop_members:
                 kept = dict(run=run, row=row)
             rows.append(row)
