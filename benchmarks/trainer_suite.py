@@ -59,7 +59,8 @@ SUITES = {
         timing=dict(check_steps=2, steps=3, repeats=3), step_loop=dict(members=2, unrolls=(1, 8)),
         paper=dict(_RESNET50, dtype="float32", steps_per_epoch=23,
                    timing=dict(check_steps=1, steps=1, repeats=2)),
-        ensemble=dict(groups=_SIX, chunks=(3, None), budget_s=120),
+        ensemble=dict(groups=_SIX, runs=(("loop", None), ("vmap", 3), ("vmap", None)),
+                      budget_s=120),
         budget_s=900, row_cap_s=300, matmul=(1024, "float32"), optimizer_repeats=7,
     ),
     "gpu": dict(
@@ -74,7 +75,9 @@ SUITES = {
         timing=dict(check_steps=1, steps=5, repeats=3), step_loop=dict(members=1, unrolls=(1, 4)),
         paper=None,  # the efficiency rows are the paper's protocol
         # 56 at once would not fit 139 GiB; runs after the efficiency rows, before the rest.
-        ensemble=dict(groups=PAPER_GROUPS, chunks=(14, 28), budget_s=120,
+        # loop first: it is what auto runs on a GPU.
+        ensemble=dict(groups=PAPER_GROUPS, runs=(("loop", None), ("vmap", 14), ("vmap", 28)),
+                      budget_s=120,
                       timing=dict(check_steps=1, steps=2, repeats=2)),
         budget_s=300, row_cap_s=150, matmul=(8192, "bfloat16"), optimizer_repeats=7,
     ),
@@ -89,7 +92,7 @@ SMOKE = dict(  # every code path on a tiny model; the N=20000 row must be skippe
     timing=dict(check_steps=2, steps=2, repeats=1),
     matmul=(64, "float32"),
     optimizer_repeats=1,
-    ensemble=dict(groups=_SIX, chunks=(2, None), budget_s=60),
+    ensemble=dict(groups=_SIX, runs=(("loop", None), ("vmap", 2), ("vmap", None)), budget_s=60),
 )
 
 
@@ -508,9 +511,9 @@ def paper_protocol(bench: Bench, suite: dict, report: ts.Report, deadline: float
 
 def whole_ensemble(bench: Bench, suite: dict, report: ts.Report, deadline: float) -> None:
     """The paper's ensemble as one program, as the trainer runs it: every group's members
-    on one member axis (each member's optimizer picked by its rule), under ``vmap`` in
-    member chunks that fit the device's memory. Per chunk size: compile seconds, the step
-    time of all members, and E(N) against the loop N=1 row."""
+    on one member axis (each member's optimizer picked by its rule), one member per call
+    (``loop``) or under ``vmap`` in member chunks that fit the device's memory. Per run:
+    compile seconds, the step time of all members, and E(N) against the loop N=1 row."""
     groups = suite["ensemble"]["groups"]
     members = sum(groups.values())
     config = dataclasses.replace(bench.config, optimizers=groups)
@@ -522,16 +525,17 @@ def whole_ensemble(bench: Bench, suite: dict, report: ts.Report, deadline: float
     # a GPU run, and each starts only while the allowance lasts.
     deadline = max(deadline, time.perf_counter()) + suite["ensemble"]["budget_s"]
     print(
-        f"\n| whole ensemble: {members} members of {len(groups)} optimizers, chunk | slots | "
-        "compile s | step ms (all members) | E(N) | device peak MB |\n" + "|---" * 6 + "|"
+        f"\n| whole ensemble: {members} members of {len(groups)} optimizers, strategy | "
+        "chunk | slots | compile s | step ms (all members) | E(N) | device peak MB |\n"
+        + "|---" * 7 + "|"
     )
-    for chunk in suite["ensemble"]["chunks"]:
+    for strategy, chunk in suite["ensemble"]["runs"]:
         if time.perf_counter() > deadline and not suite.get("smoke"):
-            rows.append(dict(chunk=chunk, skipped="the budget is spent"))
+            rows.append(dict(strategy=strategy, chunk=chunk, skipped="the budget is spent"))
             continue
         try:
             started = time.perf_counter()
-            placement = resolve_placement("vmap", "python", members, batch_size=bench.batch,
+            placement = resolve_placement(strategy, "python", members, batch_size=bench.batch,
                                           member_chunk=chunk)  # fmt: skip
             programs = RunPrograms(ProgramSpec.for_run(config, CLASSES, placement, NORMALIZATION))
             names = [g for g, n in groups.items() for _ in range(n)]
@@ -567,12 +571,13 @@ def whole_ensemble(bench: Bench, suite: dict, report: ts.Report, deadline: float
             step_s, memory = statistics.median(times), device_memory()
             del state, metrics
         except Exception as error:  # noqa: BLE001  (an out-of-memory chunk must not end the run)
-            rows.append(dict(chunk=chunk, error=repr(error)[:800]))
-            print(f"| {chunk or 'all'} | {rows[-1]['error'][:100]} |")
+            rows.append(dict(strategy=strategy, chunk=chunk, error=repr(error)[:800]))
+            print(f"| {strategy} | {chunk or 'all'} | {rows[-1]['error'][:100]} |")
             report.save()
             continue
         row = dict(
-            members=members, groups=groups, chunk=chunk, slots=placement.slots, init_s=init_s,
+            members=members, groups=groups, strategy=strategy, chunk=placement.chunk,
+            slots=placement.slots, init_s=init_s,
             compile_s=compile_s, step_ms=1e3 * step_s,
             images_per_s=members * bench.batch / step_s,
             efficiency=(ts.ensemble_efficiency(members, single["step_ms"], 1e3 * step_s)
@@ -584,7 +589,8 @@ def whole_ensemble(bench: Bench, suite: dict, report: ts.Report, deadline: float
         efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
         peak = row["device_peak_mb_process"]
         print(
-            f"| {chunk or 'all'} | {row['slots']} | {compile_s:.1f} | {row['step_ms']:.1f} | "
+            f"| {strategy} | {placement.chunk or 'all'} | {row['slots']} | {compile_s:.1f} | "
+            f"{row['step_ms']:.1f} | "
             f"{efficiency} | {'-' if peak is None else f'{peak:.0f}'} |",
             flush=True,
         )

@@ -191,9 +191,12 @@ def test_gpu_suite_smoke(tmp_path):
     rows = report["optimizer_update"]["rows"]
     assert [r["optimizer"] for r in rows] == ["adam", "diffgrad", "dgrad", "cos1", "cos2"]
     assert all(_finite(r["vs_adam"]) for r in rows)
-    # The whole ensemble as one program: six optimizers' members, in chunks and all at once.
+    # The whole ensemble as one program: six optimizers' members, one per call, then under
+    # vmap in chunks and all at once.
     whole = report["whole_ensemble"]
-    assert [(r["members"], r["chunk"], r["slots"]) for r in whole] == [(6, 2, 6), (6, None, 6)]
+    assert [(r["members"], r["strategy"], r["chunk"], r["slots"]) for r in whole] == [
+        (6, "loop", 1, 6), (6, "vmap", 2, 6), (6, "vmap", None, 6)
+    ]
     for row in whole:
         assert row["finite_losses"] and len(row["groups"]) == 6
         assert all(_finite(row[key]) for key in ("compile_s", "step_ms", "efficiency"))
