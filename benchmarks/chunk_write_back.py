@@ -69,11 +69,12 @@ def build(bench, variant: str, members: int) -> dict:
         compiled, run = compile_step(state, metrics, orders, keys, data)
     finally:
         training.programs.chunk_at = SHIPPED
-    entry = compiled.as_text().split("ENTRY", 1)[1]
+    text = compiled.as_text()
+    entry = text.split("ENTRY", 1)[1]
     for step in range(2):  # warm-up
         state, metrics = run(state, metrics, orders, step, keys, data)
     jax.block_until_ready(state)
-    return dict(run=run, carry=(state, metrics), fixed=(orders, keys, data), times=[],
+    return dict(run=run, carry=(state, metrics), fixed=(orders, keys, data), times=[], hlo=text,
                 whole_copies=len(re.findall(r"copy\(%args", entry)), members=members)  # fmt: skip
 
 
@@ -82,6 +83,9 @@ def main() -> int:
     parser.add_argument("--model", default="resnet18_small")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--output", type=Path, help="the results JSON (default: "
+                        "benchmarks/results/chunk_write_back_<model>.json)")  # fmt: skip
+    parser.add_argument("--dump-hlo", type=Path, help="a folder for each compiled step's HLO")
     args = parser.parse_args()
     settings = dict(trainer_suite.SUITES["cpu"], model=args.model)
     bench = trainer_suite.Bench(settings, args.members)
@@ -93,6 +97,10 @@ def main() -> int:
             r["carry"] = jax.block_until_ready(r["run"](*r["carry"], orders, 2 + repeat % 8,
                                                         keys, data))  # fmt: skip
             r["times"].append((time.perf_counter() - started) / r["members"])
+    if args.dump_hlo:
+        args.dump_hlo.mkdir(parents=True, exist_ok=True)
+        for (v, n), r in runs.items():
+            (args.dump_hlo / f"{args.model}_{v}_{n}.hlo.txt").write_text(r["hlo"])
     rows = [dict(variant=v, members=n, whole_copies=r["whole_copies"],
                  ms_per_member=1e3 * statistics.median(r["times"]))
             for (v, n), r in runs.items()]  # fmt: skip
@@ -102,10 +110,11 @@ def main() -> int:
     for row in rows:
         print(f"| {row['variant']} | {row['members']} | {row['whole_copies']} | "
               f"{row['ms_per_member']:.2f} |")  # fmt: skip
-    path = ROOT / "benchmarks" / "results" / f"chunk_write_back_{args.model}.json"
+    path = args.output or ROOT / "benchmarks" / "results" / f"chunk_write_back_{args.model}.json"
     write_atomically(path, json.dumps(dict(
         model=args.model, settings={k: settings[k] for k in ("image_size", "batch_size")},
-        repeats=args.repeats, machine=platform.machine(), jax=jax.__version__, rows=rows,
+        repeats=args.repeats, machine=platform.machine(), jax=jax.__version__,
+        backend=jax.default_backend(), device=jax.devices()[0].device_kind, rows=rows,
     ), indent=1))  # fmt: skip
     print(f"\nwrote {path}")
     return 0
