@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         "quote it) or plain (sgd:14+dgrad:7+cos1:7), case-insensitive; each takes the first k "
         "members of each group. Every run must be able to serve them. Default: the paper's 15 "
         "rows that the runs can serve (the others are named under the table; table2.csv "
-        "gives each reason), then each trained group whole and all groups together. A "
+        "gives each reason), then each trained group (each grid point of a sweep) whole "
+        "and, for runs without a sweep, all groups together. A "
         "sweep's grid point: 'DGrad[learning_rate=3e-4](3)' or dgrad@learning_rate=3e-4:3 "
         "(several hyperparameters comma-separated).",
     )

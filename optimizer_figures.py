@@ -5,13 +5,13 @@ Here rather than in ``optax_dgrad``, which needs only jax and optax, or in ``ens
 whose figures are of trained ensembles. ``ensemble.py`` writes Figure 1 beside its plots
 (``cyclic_factors.png``), as README.md shows it; to draw it alone::
 
-  python optimizer_figures.py docs/figures/cyclic_factors.png
+  python optimizer_figures.py docs/figures/cyclic_factors.png [--steps 60] [--period 30]
 
 matplotlib's object API on the Agg canvas, as ``ensembling.plots``: no pyplot, no global
 backend switch.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,15 @@ def plot_cyclic_factors(path: str | Path, n_steps: int = 60, period: int = 30) -
     return Path(path)
 
 
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description="Draws the paper's Figure 1, the cyclic "
+                                     "factors of Cos#1 and Cos#2, as a PNG.")  # fmt: skip
+    parser.add_argument("output", type=Path, help="the PNG to write")
+    parser.add_argument("--steps", type=int, default=60, help="steps t = 1 .. STEPS drawn")
+    parser.add_argument("--period", type=int, default=30, help="the cycle's period in steps")
+    args = parser.parse_args(argv)
+    return plot_cyclic_factors(args.output, args.steps, args.period)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python optimizer_figures.py OUT.png")
-    print(plot_cyclic_factors(sys.argv[1]))
+    print(main())

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train ensembles of ResNets, one compiled program for all optimizer groups, "
         "and write each member's test-set softmax scores for ensemble.py. With no flags: a small "
-        "ensemble of every optimizer on scikit-learn's digits (offline, a few CPU minutes).",
+        "ensemble of every optimizer on scikit-learn's digits (offline, about a minute on 2 CPU "
+        "cores).",
     )
     parser.add_argument(
         "--preset",

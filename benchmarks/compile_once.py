@@ -3,8 +3,8 @@ another commit checked out beside it, the runs alternating on the same machine.
 
 Not a test: a measurement for ``docs/performance.md`` ("Compile time"). Each run is
 ``python train.py --no-progress --out-dir TMP`` plus the given flags, with JAX's persistent
-compilation cache off (``--cold``, the default: every program is compiled) or in a fresh
-per-run directory that the second run of a pair reads (``--warm``). A small launcher
+compilation cache off (the default: every program is compiled) or, with ``--warm``, in a
+fresh directory per pair that the pair's first run fills and its second run reads. A small launcher
 registers ``jax.monitoring`` listeners before ``train.main`` runs, so the same counting works
 on any commit of this project. The other commit is checked out with ``git worktree`` into a
 temporary directory (the repository's history is needed).
@@ -12,7 +12,8 @@ temporary directory (the repository's history is needed).
 It also compares every array of the two first runs' score files (bit-identical or not, the
 largest softmax difference, differing predictions).
 
-    python benchmarks/compile_once.py --against 6bd4891 [--pairs 1] [--out results.json]
+    python benchmarks/compile_once.py --against 6bd4891 [--pairs 1] [--warm] [--flags "..."]
+        [--out results.json]
 """
 
 from __future__ import annotations

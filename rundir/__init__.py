@@ -8,8 +8,9 @@ it from here, and this module imports neither. The layout::
     train.lock                      held by the process that trains into the directory
     scores/fold{F}/{group}.npz      softmax scores per fold and group (``ensembling.score_files``)
     logs/fold{F}/{group}.csv        per epoch and member: loss, train accuracy, diverged
-    checkpoints/fold{F}/{group}/    orbax checkpoints of an unfinished fold/group
-    checkpoints/fold{F}/{group}.set-aside/   checkpoints that could not be used, kept
+    checkpoints/fold{F}/members/    orbax checkpoints of an unfinished fold (every group's
+                                    members on one member axis)
+    checkpoints/fold{F}/members.set-aside/   checkpoints that could not be used, kept
     ensemble/                       ensemble.py's default output (tables and plots)
 
 **Provenance.** ``config.json`` holds, beside the settings, ``"provenance"``: the format

@@ -446,6 +446,17 @@ def test_cyclic_factors_follow_the_paper():
     assert a[14] == pytest.approx(9e-4) and a[44] == pytest.approx(9e-4)  # t = 15, 45
 
 
+def test_optimizer_figures_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    written = optimizer_figures.main(["factors.png", "--steps", "12", "--period", "6"])
+    assert written == Path("factors.png") and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit) as exit_info:  # --help prints and writes nothing
+        optimizer_figures.main(["--help"])
+    assert exit_info.value.code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "factors.png"
+    ]
+
+
 def test_cli_end_to_end(hela_run, tmp_path, capsys):
     out = tmp_path / "out"
     assert ensemble.main([str(hela_run), "--out", str(out)]) == 0
