@@ -6,7 +6,7 @@
 # tool's 480 s) still leaves results;
 # 480 s + the machine's start (28 s on 2026-11-30) leaves room for one rerun in 15 minutes.
 # Extra arguments go to the suite, e.g. a rerun filling skipped rows:
-#   bash benchmarks/run_on_h200.sh --rows '14:loop' --skip optimizer step_loop ensemble
+#   bash benchmarks/run_on_h200.sh --rows '14:map' --skip optimizer step_loop ensemble
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
