@@ -60,6 +60,11 @@ def main(argv=None) -> Path:
     parser.add_argument("--steps", type=int, default=60, help="steps t = 1 .. STEPS drawn")
     parser.add_argument("--period", type=int, default=30, help="the cycle's period in steps")
     args = parser.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--period", args.period)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if not args.output.parent.is_dir():
+        parser.error(f"cannot write {args.output}: {args.output.parent} is not a directory")
     return plot_cyclic_factors(args.output, args.steps, args.period)
 
 

@@ -446,7 +446,7 @@ def test_cyclic_factors_follow_the_paper():
     assert a[14] == pytest.approx(9e-4) and a[44] == pytest.approx(9e-4)  # t = 15, 45
 
 
-def test_optimizer_figures_command_line(tmp_path, monkeypatch):
+def test_optimizer_figures_command_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     written = optimizer_figures.main(["factors.png", "--steps", "12", "--period", "6"])
     assert written == Path("factors.png") and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -455,6 +455,13 @@ def test_optimizer_figures_command_line(tmp_path, monkeypatch):
     assert exit_info.value.code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
         "factors.png"
     ]
+    for argv, message in ((["f.png", "--period", "0"], "--period must be at least 1, got 0"),
+                          (["f.png", "--steps", "-1"], "--steps must be at least 1, got -1"),
+                          (["no/f.png"], "cannot write no/f.png: no is not a directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            optimizer_figures.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_cli_end_to_end(hela_run, tmp_path, capsys):
