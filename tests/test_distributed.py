@@ -200,3 +200,22 @@ def test_the_checkpoint_written_by_both_processes_holds_every_member(runs):
     for leaf_two, leaf_one in zip(leaves_two, leaves_one, strict=True):
         assert leaf_two.shape == leaf_one.shape and leaf_one.shape[0] == 4
         np.testing.assert_array_equal(leaf_two, leaf_one)
+
+
+def test_two_processes_load_imagenet_weights_into_every_member(tmp_path):
+    # Every process reads the stacked heads of a mesh that spans both (issue: np.asarray on
+    # a multi-process array raised); each member then starts from the file's body.
+    from pretrained_exporters import save_torchvision_safetensors
+
+    import models
+
+    model = models.get_model("resnet_tiny", num_classes=10, stride_placement="v1.5")
+    donor = model.init(jax.random.key(7), np.zeros((1, 8, 8, 3), np.float32), train=False)
+    weights = tmp_path / "donor.safetensors"
+    save_torchvision_safetensors(dict(donor), weights)
+    run = tmp_path / "run"
+    launch_two_process_run(str(run), str(tmp_path),
+                           ["--weights", str(weights), "--stride-placement", "v1.5"])  # fmt: skip
+    scores = read_scores(str(run))
+    assert scores["scores"].shape[0] == 4 and np.isfinite(scores["scores"]).all()
+

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.pretrained import load_pretrained
+from training.transfer import to_host
 
 
 class MemberState(NamedTuple):
@@ -99,7 +100,8 @@ def load_pretrained_members(
     )
     members = jax.tree.leaves(state.params)[0].shape[0]
     stacked = jax.tree.map(lambda leaf: np.broadcast_to(leaf, (members,) + leaf.shape), loaded)
-    params = {**stacked["params"], "head": jax.tree.map(np.asarray, state.params["head"])}
+    # to_host: on a mesh over several processes no process can read the stacked heads alone.
+    params = {**stacked["params"], "head": jax.tree.map(to_host, state.params["head"])}
     opt_state = jax.vmap(init_optimizer)(params)
     if hasattr(opt_state, "hyperparams"):  # each member keeps its swept hyperparameters
         opt_state = opt_state._replace(hyperparams=state.opt_state.hyperparams)
