@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -347,9 +348,29 @@ def test_ensemble_output_in_the_run_is_ours_and_overwrite_keeps_it(tmp_path, cap
     tables = out_dir / rundir.ENSEMBLE_DIR / "tables.md"
     assert tables.is_file()
     capsys.readouterr()
+    # Checkpoints kept elsewhere through a link: the link goes, what it points to stays.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "kept").write_text("x")
+    (out_dir / "checkpoints").symlink_to(scratch, target_is_directory=True)
+    # A removal that fails part way leaves config.json, so the same command can be retried.
+    real_rmtree = shutil.rmtree
+
+    def failing_rmtree(path, *args, **kwargs):
+        if os.path.basename(path) == rundir.LOGS_DIR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shutil, "rmtree", failing_rmtree)
+        assert train.main([*TINY_CLI, "--out-dir", str(out_dir), "--overwrite"]) == 1
+    assert "Permission denied" in capsys.readouterr().err
+    assert (out_dir / rundir.CONFIG_FILE).is_file() and (out_dir / rundir.LOGS_DIR).is_dir()
     assert train.main([*TINY_CLI, "--out-dir", str(out_dir), "--overwrite"]) == 0
-    assert f"note: kept {out_dir / rundir.ENSEMBLE_DIR}" in capsys.readouterr().err
-    assert tables.is_file()
+    err = capsys.readouterr().err
+    assert f"note: kept {out_dir / rundir.ENSEMBLE_DIR}" in err
+    assert f"note: removed the link {out_dir / 'checkpoints'} -> {scratch}" in err
+    assert tables.is_file() and (scratch / "kept").read_text() == "x"
 
 
 def test_mesh_flag_forms():

@@ -162,11 +162,20 @@ class RunDirectory:
         return run_dir
 
     def _remove_previous_run(self) -> None:
-        for entry in rundir.TRAINER_ENTRIES:
+        # config.json goes last: a removal that fails part way leaves a directory that still
+        # reads as the trainer's run, so the same --overwrite can be given again.
+        kept_for_last = (rundir.LOCK_FILE, rundir.CONFIG_FILE)
+        others = [entry for entry in rundir.TRAINER_ENTRIES if entry not in kept_for_last]
+        for entry in (*others, rundir.CONFIG_FILE):
             target = os.path.join(self.path, entry)
-            if entry == rundir.LOCK_FILE or not os.path.exists(target):
-                continue
-            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+            if os.path.islink(target):  # the link is the run's; what it points to is not
+                print(f"note: removed the link {target} -> {os.readlink(target)}; what it "
+                      "points to is left as it is", file=sys.stderr)  # fmt: skip
+                os.remove(target)
+            elif os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
         if os.path.exists(os.path.join(self.path, rundir.ENSEMBLE_DIR)):
             print(
                 f"note: kept {os.path.join(self.path, rundir.ENSEMBLE_DIR)} (ensemble.py's "
