@@ -25,6 +25,7 @@ from trainer_testing import (
 )
 from trainer_testing import small_digits as small_digits_dataset
 
+import rundir
 import train
 import training
 from data import ImageDataset
@@ -201,6 +202,11 @@ def test_a_diverging_member_is_reported_and_leaves_the_others_alone(
         (dict(model="resnet999"), "unknown model 'resnet999'"),
         (dict(learning_rate=-1.0), "learning_rate must be > 0"),
         (dict(b2=1.0), "b2 must be in \\[0, 1\\)"),
+        (dict(folds=()), "folds must be None \\(every fold\\) or fold indices >= 0, got \\(\\)"),
+        (dict(epochs=2.0), "epochs must be an int, got 2.0 \\(float\\)"),
+        (dict(eval_batch_size=256.0), "eval_batch_size must be an int, got 256.0"),
+        (dict(seed=-1), "seed must be >= 0, got -1"),
+        (dict(checkpoint_minutes="5"), "checkpoint_minutes must be a number >= 0"),
     ],
 )
 def test_bad_configs_fail_before_training(tmp_path, small_digits, overrides, message):
@@ -208,6 +214,23 @@ def test_bad_configs_fail_before_training(tmp_path, small_digits, overrides, mes
     with pytest.raises(ValueError, match=message):
         training.train_ensemble(config, dataset=small_digits, progress=False)
     assert not os.path.exists(tmp_path / "bad" / "scores")
+    assert not os.path.exists(tmp_path / "bad" / "config.json")
+
+
+def test_numpy_integers_give_the_digest_of_python_integers(tmp_path):
+    # config.json is JSON: NumPy integers are written as Python's, with the same digest.
+    plain = training.TrainConfig(optimizers={"dgrad": 3}, epochs=2, folds=(0, 1),
+                                 mesh={"member": 2, "data": 1}, strategy="sharded")  # fmt: skip
+    numpy = training.TrainConfig(optimizers={"dgrad": np.int64(3)}, epochs=np.int64(2),
+                                 folds=(np.int64(0), np.int32(1)),
+                                 mesh={"member": np.int64(2), "data": np.int64(1)},
+                                 strategy="sharded")  # fmt: skip
+    training.validate_config(numpy)
+    values = [training.config_to_json(c) for c in (plain, numpy)]
+    assert json.dumps(values[0], sort_keys=True) == json.dumps(values[1], sort_keys=True)
+    assert rundir.config_digest(values[1], training.RESULT_FIELDS) == rundir.config_digest(
+        values[0], training.RESULT_FIELDS
+    )
 
 
 def test_unwritable_output_directory(tmp_path, small_digits):

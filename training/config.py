@@ -139,7 +139,9 @@ class TrainConfig:
         parse=parse_sweep,
         append=True,
     )
-    seed: int = _field(0, "run seed; every member's keys derive from it, the group and the member")
+    seed: int = _field(
+        0, "run seed (>= 0); every member's keys derive from it, the group and the member"
+    )
     validation_fraction: float = _field(
         0.0,
         "hold out this stratified share of each fold's training split (not trained on) and "
@@ -244,7 +246,7 @@ def validate_config(config: TrainConfig) -> None:
     for name, members in config.optimizers.items():
         if name not in OPTIMIZER_NAMES:
             raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_NAMES)}")
-        if not isinstance(members, (int, np.integer)) or isinstance(members, bool):
+        if not _is_int(members):
             raise ValueError(f"optimizer group {name!r}: member count {members!r} is not an int")
         if members < 1:
             raise ValueError(f"optimizer group {name!r} needs at least 1 member, got {members!r}")
@@ -274,10 +276,22 @@ def validate_config(config: TrainConfig) -> None:
         ("scan_unroll", 1),
         ("member_chunk", 1),
         ("checkpoint_every", 0),
-        ("checkpoint_minutes", 0),
+        ("seed", 0),  # the validation split's seed sequence takes no negative seed
     ):
-        if getattr(config, field) is not None and not getattr(config, field) >= minimum:
-            raise ValueError(f"{field} must be >= {minimum}, got {getattr(config, field)!r}")
+        value = getattr(config, field)
+        if value is not None and not _is_int(value):
+            raise ValueError(f"{field} must be an int, got {value!r} ({type(value).__name__})")
+        if value is not None and not value >= minimum:
+            raise ValueError(f"{field} must be >= {minimum}, got {value!r}")
+    minutes = config.checkpoint_minutes  # may be fractional
+    if minutes is not None and not (isinstance(minutes, (int, float)) and minutes >= 0):
+        raise ValueError(f"checkpoint_minutes must be a number >= 0, got {minutes!r}")
+    if config.folds is not None and (
+        len(config.folds) == 0 or not all(_is_int(f) and f >= 0 for f in config.folds)
+    ):
+        raise ValueError(
+            f"folds must be None (every fold) or fold indices >= 0, got {config.folds!r}"
+        )
     for field, allowed in (
         ("strategy", MEMBER_STRATEGIES),
         ("step_loop", STEP_LOOPS),
@@ -289,7 +303,7 @@ def validate_config(config: TrainConfig) -> None:
             raise ValueError(f"{field} {getattr(config, field)!r} is not one of {allowed}")
     if config.mesh is not None:
         if set(config.mesh) != set(MESH_AXES) or not all(
-            isinstance(size, (int, np.integer)) and size >= 1 for size in config.mesh.values()
+            _is_int(size) and size >= 1 for size in config.mesh.values()
         ):
             raise ValueError(f"mesh {dict(config.mesh)!r} is not {{'member': M, 'data': D}}")
         check_mesh_strategy(config.strategy, config.mesh)
@@ -297,6 +311,11 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"weights file {config.weights!r} does not exist")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise ValueError(f"data directory {config.data_dir!r} does not exist")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _validate_sweep(config: TrainConfig) -> None:
@@ -327,15 +346,19 @@ def _validate_sweep(config: TrainConfig) -> None:
 
 def config_to_json(config: TrainConfig) -> dict[str, Any]:
     """The config as plain JSON values (the form of ``config.json``)."""
-    values = dataclasses.asdict(config)
-    values["optimizers"] = dict(config.optimizers)
-    values["mesh"] = dict(config.mesh) if config.mesh is not None else None
+    # NumPy integers become Python's: json cannot write them, and the digest must not
+    # depend on which of the two a caller passed.
+    values = {k: int(v) if _is_int(v) else v for k, v in dataclasses.asdict(config).items()}
+    values["optimizers"] = {name: int(n) for name, n in config.optimizers.items()}
+    values["mesh"] = (
+        {axis: int(size) for axis, size in config.mesh.items()} if config.mesh is not None else None
+    )
     values["sweep"] = (
         {name: [float(v) for v in vals] for name, vals in config.sweep.items()}
         if config.sweep
         else None
     )
-    values["folds"] = list(config.folds) if config.folds is not None else None
+    values["folds"] = [int(f) for f in config.folds] if config.folds is not None else None
     return values
 
 
