@@ -227,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # a path that cannot be written, a full disk, ...
         print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 1
+    except MemoryError as error:  # e.g. restoring a checkpoint onto too small a device
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\ninterrupted; run the same command with --resume to continue from the last "

@@ -140,6 +140,19 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_scores_are_unchanged(
     )
 
 
+def test_running_out_of_memory_on_restore_keeps_the_checkpoint(interrupted, monkeypatch):
+    # A checkpoint that does not fit the device is not damaged: nothing is set aside.
+    def exhausted(self, epoch, *args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 GiB")
+
+    monkeypatch.setattr(training.checkpoints.FoldCheckpoints, "_restore", exhausted)
+    checkpoint = Path(interrupted.out_dir) / "checkpoints" / "fold0" / "members" / "1"
+    with pytest.raises(MemoryError, match=f"restore checkpoint {checkpoint} \\(kept as it is\\)"):
+        training.train_ensemble(interrupted, dataset=small_digits(), progress=False, resume=True)
+    assert checkpoint.is_dir()
+    assert not (checkpoint.parent.parent / "members.set-aside").exists()
+
+
 # --- 4. checkpoints of finished fold/groups are removed unless asked to keep them --------
 
 

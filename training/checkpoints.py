@@ -56,6 +56,11 @@ class CheckpointPolicy(NamedTuple):
         return due
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Host or device memory ran out (XLA says RESOURCE_EXHAUSTED)."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
 @jax.jit
 def state_checksum(tree: Any) -> jax.Array:
     """Two position-weighted uint32 sums of the bits of every leaf: ``[leaves, 2]``.
@@ -128,12 +133,18 @@ class FoldCheckpoints:
         host, and each group of ``layout`` takes its members from it and the padding slots
         from ``template``; ``place`` lays the combined host arrays out as ``template`` is. A
         checkpoint that fails is reported through ``warn``, moved to ``set_aside`` and kept,
-        and the next older one is tried.
+        and the next older one is tried. Running out of memory is not the checkpoint's fault:
+        it raises ``MemoryError`` and moves nothing.
         """
         for epoch in sorted(self._manager.all_steps(), reverse=True):
             try:
                 return self._restore(epoch, template, diverged, layout, place)
             except Exception as error:  # orbax raises many types for a damaged checkpoint
+                if _out_of_memory(error):  # the machine's problem, not the checkpoint's
+                    raise MemoryError(
+                        f"not enough memory to restore checkpoint "
+                        f"{os.path.join(self.directory, str(epoch))} (kept as it is): {error}"
+                    ) from error
                 self._set_aside(epoch, error, warn)
         return None
 

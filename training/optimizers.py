@@ -115,13 +115,14 @@ class MemberOptimizer:
     The hyperparameters are the run's constants, except the swept ones, which live in each
     member's state (``hyperparams``, as ``optax.inject_hyperparams`` keeps them), so the
     arithmetic is that of each optimizer built alone. Which optimizer updates a member is
-    ``rule``, an index into ``names`` given to :meth:`apply` at run time and
-    the same for the members of a group, so under ``vmap`` it stays unbatched and only that
-    optimizer's update runs (``lax.switch``). Each branch is the optimizer's own optax
-    transformation (``OPTIMIZERS``) applied to its part of the shared state, so the numbers
-    are those of that transformation. The state holds the union of the optimizers' slots
-    (see :class:`MemberOptimizerState`): a run with AMSGrad and diffGrad keeps four
-    parameter-sized trees per member where Adam alone keeps two.
+    ``rule``, an index into ``names`` given to :meth:`apply` at run time (``lax.switch``):
+    one member per call (``loop``) runs only its optimizer's update; under ``vmap`` the
+    index is batched, so every optimizer's update is computed and each member keeps its
+    own (docs/training.md, "One member axis for the whole run"). Each branch is the
+    optimizer's own optax transformation (``OPTIMIZERS``) applied to its part of the shared
+    state, so the numbers are those of that transformation. The state holds the union of
+    the optimizers' slots (see :class:`MemberOptimizerState`): a run with AMSGrad and
+    diffGrad keeps four parameter-sized trees per member where Adam alone keeps two.
     """
 
     def __init__(
