@@ -22,7 +22,7 @@ from ensembling.heldout import (
 )
 from ensembling.intervals import DEFAULT_RESAMPLES, TableIntervals, table_intervals
 from ensembling.runs import DatasetScores
-from ensembling.specs import EnsembleSpec, parse_ensemble_spec
+from ensembling.specs import EnsembleSpec, EnsembleSpecError, parse_ensemble_spec
 from ensembling.tables import (
     MemberResult,
     SweepRow,
@@ -97,9 +97,17 @@ def evaluate_runs(
       n_resamples: bootstrap resamples behind every interval (``--bootstrap``).
 
     Raises:
-      EnsembleSpecError: an ensemble or baseline the runs cannot serve, or selection or
-        calibration on runs without validation rows.
+      EnsembleSpecError: an ensemble or baseline the runs cannot serve, selection or
+        calibration on runs without validation rows, or calibration with a ``rule`` other
+        than the sum rule.
     """
+    if calibrate and rule != "sum":
+        # Temperatures scale the sum rule's probabilities; under another rule the calibrated
+        # rows would carry Table 2's names but not its numbers.
+        raise EnsembleSpecError(
+            f"calibration fits temperatures to the sum rule's probabilities, and Table 2 is "
+            f"fused by {rule!r}: calibrate with the sum rule (the default fusion)"
+        )
     datasets = dict(datasets)
     members = [result for data in datasets.values() for result in member_results(data)]
     table2_entries = table2(datasets, ensembles, rule)

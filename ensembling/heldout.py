@@ -56,12 +56,10 @@ def member_pool(data: DatasetScores) -> MemberPool:
       EnsembleSpecError: the runs hold no validation scores (naming the flag that writes
         them), or only some groups have them.
     """
-    some = any(group.validation_scores is not None for group in data.groups.values())
-    if data.validation_labels is None and some:
+    if data.validation_mismatch:
         raise EnsembleSpecError(
-            f"{data.dataset!r}: the merged runs held out different validation rows (another "
-            "--seed or --validation-fraction), so no member pool shares them; select and "
-            "calibrate each run on its own"
+            f"{data.dataset!r}: {data.validation_mismatch}, so no member pool shares them; "
+            "select and calibrate each run on its own"
         )
     if data.validation_labels is None or any(
         group.validation_scores is None for group in data.groups.values()

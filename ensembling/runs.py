@@ -95,7 +95,12 @@ class DatasetScores(NamedTuple):
       run_dirs: the runs merged here.
       missing_folds: planned folds without scores yet (a run not finished), ascending.
       validation_labels: per fold, int64 ``[n_val]`` labels of the held-out validation rows;
-        None for a run without a validation split (``train.py --validation-fraction``).
+        None for a run without a validation split (``train.py --validation-fraction``), or
+        for merged runs that did not hold out the same rows.
+      validation_indices: per fold, int64 ``[n_val]``: those rows' indices into the data set
+        (None where ``validation_labels`` is).
+      validation_mismatch: why merged runs share no validation rows (None when they do, or
+        when none of them held any out).
     """
 
     dataset: str
@@ -108,6 +113,8 @@ class DatasetScores(NamedTuple):
     run_dirs: tuple[Path, ...]
     missing_folds: tuple[int, ...] = ()
     validation_labels: tuple[np.ndarray, ...] | None = None
+    validation_indices: tuple[np.ndarray, ...] | None = None
+    validation_mismatch: str | None = None
 
     @property
     def sample_fold_position(self) -> np.ndarray:
@@ -262,14 +269,14 @@ def _read_fold(run_dir: Path, config: RunConfig, fold: int, fold_dir: Path) -> _
         _require_agreement(
             scores,
             checked.reference,
-            ("dataset", "test_indices", "labels"),
+            ("dataset", "class_names", "test_indices", "labels"),
             where=where,
             why="every group of a fold must be scored on the same test split",
         )
         _require_agreement(
             scores,
             checked.reference,
-            ("validation_indices",),
+            ("validation_indices", "validation_labels"),
             where=where,
             why="every group of a fold must hold out the same validation rows",
         )
@@ -419,6 +426,9 @@ def _pooled_run(
         validation_labels=(
             tuple(scores.validation_labels for scores in references) if has_validation else None
         ),
+        validation_indices=(
+            tuple(scores.validation_indices for scores in references) if has_validation else None
+        ),
     )
 
 
@@ -517,22 +527,49 @@ def merge_runs(first: DatasetScores, second: DatasetScores) -> DatasetScores:
             f"{first.groups[optimizer].run_dir} and {second.groups[optimizer].run_dir}"
         )
     merged = {**first.groups, **second.groups}
-    # Validation rows are usable across merged runs only when they held out the same rows.
-    same_validation = (
-        first.validation_labels is not None
-        and second.validation_labels is not None
-        and len(first.validation_labels) == len(second.validation_labels)
-        and all(
-            np.array_equal(a, b)
-            for a, b in zip(first.validation_labels, second.validation_labels, strict=True)
-        )
+    mismatch = first.validation_mismatch or second.validation_mismatch or _validation_mismatch(
+        first, second
     )
     return first._replace(
-        validation_labels=first.validation_labels if same_validation else None,
+        validation_labels=None if mismatch else first.validation_labels,
+        validation_indices=None if mismatch else first.validation_indices,
+        validation_mismatch=mismatch,
         groups={name: merged[name] for name in paper_order(merged)},
         run_dirs=first.run_dirs + second.run_dirs,
         missing_folds=tuple(sorted(set(first.missing_folds) | set(second.missing_folds))),
     )
+
+
+def _validation_mismatch(first: DatasetScores, second: DatasetScores) -> str | None:
+    """Why two runs' validation rows cannot be pooled, or None (the same rows, or none).
+
+    The rows are compared by index, not only by label: data sets read from class folders
+    list their images class by class, so a stratified split of another seed holds out
+    other images with the very same label sequence."""
+    held = [data.validation_indices is not None for data in (first, second)]
+    if not any(held):
+        return None
+    if not all(held):
+        with_rows, without = (first, second) if held[0] else (second, first)
+        return (
+            f"{_names(with_rows.run_dirs)} held out validation rows and "
+            f"{_names(without.run_dirs)} did not (train.py --validation-fraction)"
+        )
+    pairs = [(first.validation_indices, second.validation_indices),
+             (first.validation_labels, second.validation_labels)]  # fmt: skip
+    same = all(
+        len(ours) == len(theirs)
+        and all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+        for ours, theirs in pairs
+    )
+    return None if same else (
+        f"{_names(first.run_dirs)} and {_names(second.run_dirs)} held out different "
+        "validation rows (another --seed or --validation-fraction)"
+    )  # fmt: skip
+
+
+def _names(run_dirs: Sequence[Path]) -> str:
+    return ", ".join(str(run_dir) for run_dir in run_dirs)
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> dict[str, DatasetScores]:

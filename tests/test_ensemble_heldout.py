@@ -86,6 +86,24 @@ def test_merged_runs_with_other_validation_rows_are_named(validated):
     assert (
         len(member_pool(ensembling.merge_runs(first, data._replace(groups=others))).members) == 12
     )
+    # Other images with the same labels (a class-ordered data set, another --seed): the rows
+    # are compared by index, not only by label.
+    shifted = data._replace(
+        groups=others,
+        validation_indices=tuple(indices + 10_000 for indices in data.validation_indices),
+    )
+    with pytest.raises(ensembling.EnsembleSpecError, match="held out different validation rows"):
+        member_pool(ensembling.merge_runs(first, shifted))
+    # A run without a validation split is named as such, whichever side it is on.
+    unsplit = data._replace(groups=others, validation_labels=None, validation_indices=None)
+    for pair in ((first, unsplit), (unsplit, first)):
+        with pytest.raises(ensembling.EnsembleSpecError,
+                           match="held out validation rows and .* did not"):  # fmt: skip
+            member_pool(ensembling.merge_runs(*pair))
+    # Neither holds rows out: nothing to select on, and that is what is said.
+    plain = first._replace(validation_labels=None, validation_indices=None)
+    with pytest.raises(ensembling.EnsembleSpecError, match="hold no validation scores"):
+        member_pool(ensembling.merge_runs(plain, unsplit))
 
 
 def test_no_test_fold_leakage(validated):
@@ -165,6 +183,15 @@ def test_selection_without_validation_scores_names_the_flag(shared_runs, capsys)
             ensemble.main([plain, *flag, "--no-plots"])
         assert exit_.value.code == 1
         assert "train.py --validation-fraction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["vote", "mean_log"])
+def test_calibration_under_another_fusion_rule_is_refused(validated, rule, capsys):
+    # Its rows would carry Table 2's names with the sum rule's numbers.
+    with pytest.raises(SystemExit) as exit_:
+        ensemble.main([validated, "--calibrate", "temperature", "--fusion", rule, "--no-plots"])
+    assert exit_.value.code == 1
+    assert f"Table 2 is fused by '{rule}': calibrate with the sum rule" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -311,6 +311,26 @@ def test_labels_disagreeing_between_groups_of_a_fold(hela_run):
         ensembling.load_run(hela_run)
 
 
+@pytest.mark.parametrize("classes", ["renamed", "one more"])
+def test_class_names_disagreeing_between_groups_of_a_fold(hela_run, classes):
+    # Each file is valid alone; the fold's groups must still name the same classes, or the
+    # pooled scores would not line up (a different count crashed deep in NumPy).
+    path = _fold_file(hela_run, 1, "dgrad")
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    if classes == "renamed":
+        arrays["class_names"] = np.array(["x", "y", "z"])
+    else:
+        arrays["class_names"] = np.array([*arrays["class_names"], "extra"])
+        arrays["scores"] = np.concatenate([arrays["scores"], 0 * arrays["scores"][..., :1]], -1)
+    np.savez(path, **arrays)
+    with pytest.raises(
+        ensembling.ScoreFileError,
+        match=r"fold1/dgrad.npz and .*fold1/sgd.npz disagree on 'class_names'",
+    ):
+        ensembling.load_run(hela_run)
+
+
 def test_class_names_disagreeing_across_folds(tmp_path):
     run = write_run(tmp_path / "r", "hela", {"sgd": hela_groups()["sgd"]}, LABELS)
     scores = hela_groups()["sgd"][:, 6:]
