@@ -49,8 +49,11 @@ define for complex numbers, and integer leaves cannot hold an Adam update. ``ini
 ``TypeError`` naming the first parameter leaf of another dtype (integer, complex, bool), and
 ``update`` does the same for gradient leaves; the check reads static dtypes only. The
 moments are stored in the parameters' dtype unless ``mu_dtype`` or ``nu_dtype`` (for
-instance ``bfloat16``, half the memory) say otherwise; they are computed in the wider of
-that dtype and the gradient's, so storing them is their only rounding.
+instance ``bfloat16``, half the memory) say otherwise, and keep it whatever the gradients'
+dtype; they are computed in the wider of that dtype and the gradient's, so storing them is
+their only rounding. float16 is as narrow as it is in ``optax.adam`` (``eps = 1e-8`` is 0
+there, small squared gradients underflow), so ``nu_dtype=float16`` is refused; DGrad's and
+the Cos variants' ``1 / max(D)`` is taken in float32 for float16.
 
 Hyperparameters. Concrete values are checked at construction: a non-finite or out-of-range
 value, or a ``mu_dtype`` or ``nu_dtype`` that is neither None nor a real floating-point

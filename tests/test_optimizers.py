@@ -320,6 +320,35 @@ def test_bfloat16_params_keep_their_dtype(name):
     assert_tree_close(updates, {k: -0.01 * d for k, d in expected.items()}, 2e-2, 2e-4)
 
 
+@pytest.mark.parametrize("name", ["dgrad", "cos1", "cos2"])
+def test_float16_moments_keep_the_friction_of_a_small_difference(name):
+    # After a zero gradient, max(D) = max(v_t) is about 1e-7: its reciprocal overflows
+    # float16 (the friction became 1, Adam's step), so it is taken in float32.
+    grads = [[np.array([0.01, 0.02, 0.03, 0.02], np.float16)], [np.zeros(4, np.float16)]]
+    transform = scale_by(name, **({} if name == "dgrad" else {"period": 30}))
+    state = transform.init([jnp.zeros(4, jnp.float16)])
+    for step in grads:
+        updates, state = transform.update([jnp.asarray(g) for g in step], state)
+    assert state.nu[0].dtype == updates[0].dtype == jnp.float16
+    (expected,) = reference_directions(name, grads, period=30, moment_dtype=np.float16)[-1]
+    # The update is stored in float16 (half an ulp, 2**-12) after a few float16 operations:
+    # four ulps, 2**-9, bound it.
+    np.testing.assert_allclose(np.asarray(updates[0], np.float64), expected, rtol=2**-9)
+
+
+def test_mu_keeps_its_stored_dtype_under_wider_gradients():
+    # float32 gradients (accumulated, say) for bfloat16 parameters: both moments stay as
+    # init made them, so a scan's carry keeps its type.
+    for name in NAMES:
+        params = jnp.ones(3, jnp.bfloat16)
+        transform = scale_by(name)
+        state = transform.init(params)
+        _, new_state = transform.update(jnp.array([0.1, -0.2, 0.3], jnp.float32), state)
+        assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(
+            lambda x: x.dtype, state
+        ), name
+
+
 def test_mu_dtype():
     transform = optax_dgrad.scale_by_dgrad(mu_dtype=jnp.bfloat16)
     grads = {"w": jnp.array([1.0, -2.0])}
@@ -554,6 +583,10 @@ def test_empty_and_zero_dimensional_leaves(name, normalization):
         (optax_dgrad.scale_by_dgrad, {"normalization": "tree "}, "normalization='tree '"),
         (optax_dgrad.diffgrad, {"weight_decay": -0.5}, "weight_decay=-0.5"),
         (optax_dgrad.cyclic_decay, {"step": 1, "period": -3}, "period=-3"),
+        (optax_dgrad.cos1, {"period": 2**31}, "got period=2147483648"),
+        (optax_dgrad.dgrad, {"eps": True}, "`eps` must be a number, got eps=True"),
+        (optax_dgrad.cos2, {"period": True}, "`period` must be a number, got period=True"),
+        (optax_dgrad.dgrad, {"nu_dtype": jnp.float16}, "`nu_dtype` float16 stores squared"),
     ],
 )
 def test_invalid_hyperparameters_raise(factory, kwargs, message):

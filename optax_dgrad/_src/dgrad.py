@@ -137,7 +137,8 @@ def scale_by_normalized_difference(
                 return None
             d = jnp.abs(g - v_t)
             # One reciprocal per leaf, then a multiply per element; 0 where max(D) == 0.
-            d_max = d_max.astype(d.dtype)
+            # In float32 for float16, whose range cannot hold 1 / max(D) below 1.5e-5.
+            d_max = d_max.astype(jnp.float32 if d.dtype == jnp.float16 else d.dtype)
             inverse_max = jnp.where(d_max > 0, 1 / d_max, 0)
             xi = friction(d * inverse_max)
             return (xi * m / (jnp.sqrt(v) + eps)).astype(g.dtype)
@@ -147,7 +148,7 @@ def scale_by_normalized_difference(
         )
         return updates, optax.ScaleByAdamState(
             count=count,
-            mu=optax.tree.cast(mu, mu_dtype),
+            mu=optax.tree.cast_like(mu, state.mu),  # mu_dtype, else the params': as stored
             nu=optax.tree.cast_like(nu, state.nu),
         )
 

@@ -147,7 +147,7 @@ def scale_by_diffgrad(
         )
         return new_updates, DiffGradState(
             count=count,
-            mu=optax.tree.cast(mu, mu_dtype),
+            mu=optax.tree.cast_like(mu, state.mu),  # mu_dtype, else the params': as stored
             nu=optax.tree.cast_like(nu, state.nu),
             prev_grad=optax.tree.cast_like(prev_grad, state.prev_grad),
         )

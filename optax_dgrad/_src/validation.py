@@ -26,7 +26,7 @@ def _concrete_value(value: Any) -> np.ndarray | None:
 
 
 def _check_finite(name: str, value: Any, array: np.ndarray) -> None:
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    if not np.issubdtype(array.dtype, np.number):  # a bool is no hyperparameter value
         raise ValueError(f"`{name}` must be a number, got {name}={value!r}.")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"`{name}` must be finite, got {name}={value!r}.")
@@ -58,8 +58,11 @@ def check_period(value: Any) -> None:
     if array is None:
         return
     _check_finite("period", value, array)
-    if not np.all((array >= 1) & (array == np.floor(array))):
-        raise ValueError(f"`period` must be a whole number >= 1, got period={value!r}.")
+    # The step count it is compared with is an int32.
+    if not np.all((array >= 1) & (array == np.floor(array)) & (array <= np.iinfo(np.int32).max)):
+        raise ValueError(
+            f"`period` must be a whole number in [1, 2**31 - 1], got period={value!r}."
+        )
 
 
 def check_normalization(value: Any) -> None:
@@ -83,6 +86,12 @@ def moment_dtype(name: str, value: Any) -> np.dtype | None:
     except TypeError:  # not a dtype at all ("foo", 3)
         shown = repr(value)
     else:
+        if name == "nu_dtype" and dtype == jnp.float16:
+            raise ValueError(
+                "`nu_dtype` float16 stores squared gradients below 6e-8 as 0, and the step then "
+                "divides by eps alone: use bfloat16 (float32's range, half the memory) or "
+                "float32."
+            )
         if jnp.issubdtype(dtype, jnp.floating):
             return dtype
         shown = np.dtype(dtype).name
