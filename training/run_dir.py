@@ -162,11 +162,12 @@ class RunDirectory:
         return run_dir
 
     def _remove_previous_run(self) -> None:
-        # config.json goes last: a removal that fails part way leaves a directory that still
-        # reads as the trainer's run, so the same --overwrite can be given again.
-        kept_for_last = (rundir.LOCK_FILE, rundir.CONFIG_FILE)
-        others = [entry for entry in rundir.TRAINER_ENTRIES if entry not in kept_for_last]
-        for entry in (*others, rundir.CONFIG_FILE):
+        # The lock is ours and stays. config.json goes last: a removal that fails part way
+        # leaves a directory that still reads as the trainer's run, so the same --overwrite
+        # can be given again.
+        last = (rundir.LOCK_FILE, rundir.CONFIG_FILE)
+        outputs = [entry for entry in rundir.TRAINER_ENTRIES if entry not in last]
+        for entry in (*outputs, rundir.CONFIG_FILE):
             target = os.path.join(self.path, entry)
             if os.path.islink(target):  # the link is the run's; what it points to is not
                 print(f"note: removed the link {target} -> {os.readlink(target)}; what it "
